@@ -1,1 +1,36 @@
-//! placeholder
+//! The host side of enclave-heap-exporter: where heap figures are read from.
+//!
+//! This crate owns the [`HeapSource`] interface that every way of reading an enclave's heap
+//! implements, its implementations, and the source URLs that name them:
+//!
+//! - [`SimulatedSource`]: the simulated enclave of `enclave-heap-sim`, answered through the
+//!   trusted crate's ECALL code path, so everything runs without SGX;
+//! - `OeEnclaveSource` (feature `openenclave`): a real Open Enclave enclave created through the
+//!   SDK and read with our ECALL;
+//! - agents on Unix sockets and HTTP(S) come with the sidecar work and are rejected for now.
+//!
+//! One type carries the numbers everywhere: [`HeapSnapshot`], the three `oe_mallinfo_t` fields
+//! plus where they came from and when. The C result codes become Rust errors in one place,
+//! [`OeResult::check`].
+#![deny(missing_docs)]
+
+mod duration;
+mod error;
+#[cfg(feature = "openenclave")]
+mod openenclave;
+mod simulated;
+mod snapshot;
+mod source;
+mod source_url;
+
+pub use duration::{DurationParseError, PromDuration};
+pub use error::{OeResult, OpenError, ReadError};
+#[cfg(feature = "openenclave")]
+pub use openenclave::OeEnclaveSource;
+pub use simulated::SimulatedSource;
+pub use snapshot::{HeapSnapshot, SnapshotOrigin};
+pub use source::{HeapSource, SourceKind, open_source};
+pub use source_url::{OeEnclaveConfig, SourceSpec, SourceUrlError};
+
+/// Re-exported so users of this crate name the simulated enclave's types without a second import.
+pub use enclave_heap_sim as sim;
