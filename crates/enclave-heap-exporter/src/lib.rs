@@ -1,1 +1,172 @@
-//! placeholder
+//! enclave-heap-exporter: publishes Open Enclave heap figures to Prometheus.
+//!
+//! The daemon's parts, in the order data flows through them: [`config`] (flags, validated),
+//! sources (from `enclave-heap-host`), the [`collector`] that reads them at scrape time, the
+//! [`metrics`] they become, their [`exposition`] on the wire, and the HTTP [`server`].
+//!
+//! A Rust host can run the exporter in-process over its own sources (embedded mode): build an
+//! [`Exporter`] with [`Exporter::new`] and pass it to [`server::serve`].
+#![deny(missing_docs)]
+
+pub mod build_info;
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod exposition;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use enclave_heap_host::{HeapSource, OpenError, open_source};
+use tokio::net::TcpListener;
+
+use crate::collector::{Collector, CollectorOptions};
+use crate::config::Config;
+use crate::exposition::Format;
+use crate::metrics::{ExporterMetrics, ProcessMetrics};
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A source could not be opened.
+    #[error("source {name:?}: {source}")]
+    OpenSource {
+        /// The source's name.
+        name: String,
+        /// Why.
+        source: OpenError,
+    },
+    /// A listen address could not be bound.
+    #[error(
+        "cannot listen on {address}: {source}; pick another --web.listen-address or stop what uses it"
+    )]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The metrics registry rejected a metric (a bug).
+    #[error("registering metrics failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The exporter: its sources, collector and metrics. Serve it with [`server::serve`].
+#[derive(Debug)]
+pub struct Exporter {
+    collector: Collector,
+    metrics: ExporterMetrics,
+    telemetry_path: String,
+}
+
+impl Exporter {
+    /// An exporter over already-opened sources (embedded mode).
+    pub fn new(
+        sources: Vec<(String, Arc<dyn HeapSource>)>,
+        options: CollectorOptions,
+        telemetry_path: impl Into<String>,
+        process: ProcessMetrics,
+    ) -> Result<Self, StartError> {
+        let metrics = ExporterMetrics::new(process)?;
+        let collector = Collector::new(sources, options, metrics.telemetry());
+        Ok(Self {
+            collector,
+            metrics,
+            telemetry_path: telemetry_path.into(),
+        })
+    }
+
+    /// Opens every source of `config` and builds the exporter over them.
+    pub fn open(config: &Config) -> Result<Self, StartError> {
+        let mut sources = Vec::with_capacity(config.sources.len());
+        for definition in &config.sources {
+            let source =
+                open_source(&definition.spec).map_err(|source| StartError::OpenSource {
+                    name: definition.name.clone(),
+                    source,
+                })?;
+            sources.push((definition.name.clone(), source));
+        }
+        Self::new(
+            sources,
+            CollectorOptions {
+                timeout: config.source_timeout,
+                min_interval: config.source_min_interval,
+            },
+            config.telemetry_path.clone(),
+            ProcessMetrics::Include,
+        )
+    }
+
+    /// The path metrics are served on.
+    pub fn telemetry_path(&self) -> &str {
+        &self.telemetry_path
+    }
+
+    /// The collector, e.g. to read sources without HTTP.
+    pub fn collector(&self) -> &Collector {
+        &self.collector
+    }
+
+    /// Reads every source and encodes one scrape in `format`.
+    pub async fn render(&self, format: Format) -> Result<Vec<u8>, prometheus::Error> {
+        let readings = self.collector.collect().await;
+        let families = self.metrics.families(&readings);
+        let mut body = Vec::with_capacity(4096);
+        exposition::encode(&families, format, &mut body)?;
+        Ok(body)
+    }
+
+    /// The HTML landing page.
+    pub fn landing_page(&self) -> String {
+        let path = html_escape(&self.telemetry_path);
+        let mut sources = String::new();
+        for (name, kind) in self.collector.sources() {
+            let _ = write!(
+                sources,
+                "<li><code>{}</code>: {}</li>",
+                html_escape(name),
+                kind.label()
+            );
+        }
+        format!(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Enclave Heap Exporter</title></head>\
+             <body><h1>Enclave Heap Exporter</h1><p>Open Enclave heap figures for Prometheus.</p>\
+             <p><a href=\"{path}\">Metrics</a> · <a href=\"/-/healthy\">Health</a> · <a href=\"/-/ready\">Readiness</a></p>\
+             <h2>Sources</h2><ul>{sources}</ul><p>Version {version} ({revision})</p></body></html>\n",
+            version = build_info::VERSION,
+            revision = html_escape(build_info::REVISION),
+        )
+    }
+}
+
+/// Binds every address, failing on the first that cannot be bound.
+pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for &address in addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind { address, source })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn html_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}

@@ -1,0 +1,60 @@
+//! The raw command line, as clap parses it. [`crate::config`] turns it into a validated
+//! [`crate::config::Config`]; nothing here is trusted yet.
+
+use clap::Parser;
+
+/// The default `--web.listen-address`: all IPv4 interfaces, port 9745.
+pub const DEFAULT_LISTEN_ADDRESS: &str = ":9745";
+
+/// Raw flags of `enclave-heap-exporter`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "enclave-heap-exporter",
+    version = crate::build_info::VERSION,
+    long_version = crate::build_info::LONG_VERSION,
+    about = "Prometheus exporter for Open Enclave enclave heaps (oe_allocator_mallinfo).",
+    long_about = "Prometheus exporter for Open Enclave enclave heaps (oe_allocator_mallinfo).\n\n\
+        Reads every --source at scrape time and serves enclave_heap_* gauges on the telemetry path. \
+        With no --source it runs one simulated enclave named `sim`."
+)]
+pub struct Cli {
+    /// Address to listen on for the web interface and telemetry (repeatable). `:PORT` means
+    /// every IPv4 interface; `HOST:PORT` and `[IPV6]:PORT` are accepted.
+    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS)]
+    pub web_listen_address: Vec<String>,
+
+    /// Path under which to expose metrics.
+    #[arg(
+        long = "web.telemetry-path",
+        value_name = "PATH",
+        default_value = "/metrics"
+    )]
+    pub web_telemetry_path: String,
+
+    /// An enclave to read, as NAME=URL (repeatable). NAME becomes the `enclave` label. URLs:
+    /// `sim:[PROFILE][?heap_pages=N&period=D&seed=N&fail=OE_RESULT&delay=D]`,
+    /// `oe:///path/enclave.signed[?simulate=1&debug=1]`.
+    #[arg(long = "source", value_name = "NAME=URL")]
+    pub source: Vec<String>,
+
+    /// How long one read of a source may take before the scrape reports it as failed
+    /// (Prometheus duration: 200ms, 2s, 1m).
+    #[arg(long = "source.timeout", value_name = "DURATION", default_value = "2s")]
+    pub source_timeout: String,
+
+    /// A source is read at most once per this interval; scrapes in between reuse the last read.
+    #[arg(
+        long = "source.min-interval",
+        value_name = "DURATION",
+        default_value = "1s"
+    )]
+    pub source_min_interval: String,
+
+    /// Only log messages with the given severity or above: debug, info, warn, error.
+    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Output format of log messages: logfmt or json.
+    #[arg(long = "log.format", value_name = "FORMAT", default_value = "logfmt")]
+    pub log_format: String,
+}
