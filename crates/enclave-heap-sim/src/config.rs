@@ -13,6 +13,8 @@ use crate::{MAX_HEAP_PAGES, MIN_HEAP_PAGES, PAGE_SIZE};
 pub const DEFAULT_HEAP_PAGES: usize = 4096;
 /// Workload cycle length used when none is given.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
+/// Shortest push interval allowed: pushes faster than this would only burn CPU.
+pub const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// Workload RNG seed used when none is given, so two default runs allocate the same sizes.
 pub const DEFAULT_SEED: u64 = 1;
 
@@ -34,6 +36,11 @@ pub struct SimConfig {
     pub fail: Option<oe_result_t>,
     /// Fault injection: every ECALL takes this long before doing anything else.
     pub delay: Option<Duration>,
+    /// Push a snapshot to the host by "OCALL" this often, as an enclave calling `publish()` from
+    /// its own thread would. Needs a push target (see
+    /// [`SimulatedEnclave::with_push_target`](crate::SimulatedEnclave::with_push_target)). Pushes
+    /// keep flowing when `fail` makes every ECALL fail: they travel the other way.
+    pub push: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -45,6 +52,7 @@ impl Default for SimConfig {
             seed: DEFAULT_SEED,
             fail: None,
             delay: None,
+            push: None,
         }
     }
 }
@@ -60,6 +68,14 @@ impl SimConfig {
         }
         if self.fail == Some(OE_OK) {
             return Err(SimError::FailIsOk);
+        }
+        if self
+            .push
+            .is_some_and(|interval| interval < MIN_PUSH_INTERVAL)
+        {
+            return Err(SimError::PushTooOften {
+                min: MIN_PUSH_INTERVAL,
+            });
         }
         Ok(())
     }

@@ -3,7 +3,9 @@
 
 use std::mem::size_of;
 use std::sync::Arc;
-use std::thread;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use enclave_heap_trusted::{ecall_read_mallinfo, publish_with};
 use openenclave_sys::{OE_OK, oe_mallinfo_t, oe_result_t};
@@ -21,19 +23,45 @@ pub struct SimulatedEnclave {
     config: SimConfig,
     heap: Arc<SimHeap>,
     workload: Option<WorkloadThread>,
+    pusher: Option<PushThread>,
 }
+
+/// Where a simulated enclave's pushes go: the host's OCALL implementation. Returns the OCALL's
+/// result (`OE_OK` when the host took the snapshot).
+pub type PushTarget = Arc<dyn Fn(&oe_mallinfo_t) -> oe_result_t + Send + Sync>;
 
 impl SimulatedEnclave {
     /// Validates `config` (see [`SimConfig::validate`]), reserves the heap and starts the
     /// workload thread (none for [`Profile::Idle`](crate::Profile::Idle)).
+    ///
+    /// A configuration with [`push`](SimConfig::push) needs a target: use
+    /// [`with_push_target`](Self::with_push_target).
     pub fn new(config: SimConfig) -> Result<Self, SimError> {
+        Self::start(config, None)
+    }
+
+    /// Like [`new`](Self::new), and when [`push`](SimConfig::push) is set, a thread publishes a
+    /// snapshot to `target` at that interval through the trusted crate's `publish_with`.
+    pub fn with_push_target(config: SimConfig, target: PushTarget) -> Result<Self, SimError> {
+        Self::start(config, Some(target))
+    }
+
+    fn start(config: SimConfig, target: Option<PushTarget>) -> Result<Self, SimError> {
         config.validate()?;
         let heap = Arc::new(SimHeap::new(config.heap_pages)?);
+        let pusher = match (config.push, target) {
+            (Some(interval), Some(target)) => {
+                Some(PushThread::start(Arc::clone(&heap), interval, target)?)
+            }
+            (Some(_), None) => return Err(SimError::NoPushTarget),
+            (None, _) => None,
+        };
         let workload = WorkloadThread::start(Arc::clone(&heap), &config)?;
         Ok(Self {
             config,
             heap,
             workload,
+            pusher,
         })
     }
 
@@ -90,8 +118,51 @@ impl SimulatedEnclave {
 
 impl Drop for SimulatedEnclave {
     fn drop(&mut self) {
+        if let Some(pusher) = self.pusher.take() {
+            pusher.stop();
+        }
         if let Some(workload) = self.workload.take() {
             workload.stop();
         }
+    }
+}
+
+/// The thread that plays an enclave thread calling `publish()` every `interval`.
+#[derive(Debug)]
+struct PushThread {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl PushThread {
+    fn start(heap: Arc<SimHeap>, interval: Duration, target: PushTarget) -> Result<Self, SimError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let handle = thread::Builder::new()
+            .name("enclave-heap-sim-push".to_owned())
+            .spawn(move || {
+                while !thread_stop.load(Ordering::Acquire) {
+                    // A refused push is the host's business; the enclave carries on, as a real
+                    // enclave thread would after a failed OCALL.
+                    let _ = publish_with(&*heap, |info| target(info));
+                    let wake_at = Instant::now() + interval;
+                    // park_timeout may wake early (spuriously or from `stop`): re-check both.
+                    while !thread_stop.load(Ordering::Acquire) {
+                        let now = Instant::now();
+                        if now >= wake_at {
+                            break;
+                        }
+                        thread::park_timeout(wake_at - now);
+                    }
+                }
+            })
+            .map_err(SimError::SpawnPush)?;
+        Ok(Self { stop, handle })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.handle.thread().unpark();
+        let _ = self.handle.join();
     }
 }

@@ -41,6 +41,18 @@ pub enum SimError {
         "fail=OE_OK is not a failure: name a failing OE result such as OE_OUT_OF_THREADS, or leave fail out"
     )]
     FailIsOk,
+    /// The push interval is shorter than [`MIN_PUSH_INTERVAL`](crate::MIN_PUSH_INTERVAL).
+    #[error("push interval too short: at least {min:?} between pushes")]
+    PushTooOften {
+        /// The shortest interval allowed.
+        min: std::time::Duration,
+    },
+    /// `push` is set but nothing receives the pushes.
+    #[error("push= needs a host to push to; start the enclave with a push target")]
+    NoPushTarget,
+    /// The operating system refused to start the push thread.
+    #[error("cannot start the push thread: {0}")]
+    SpawnPush(#[source] io::Error),
     /// A profile name that is not one of [`Profile::ALL`].
     #[error("unknown profile {name:?}: expected one of {}", Profile::valid_names())]
     UnknownProfile {

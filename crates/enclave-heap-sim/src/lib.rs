@@ -9,7 +9,9 @@
 //!   [`OutOfMemory`]; nothing falls back to the host. [`SimBlock`] is one live allocation.
 //! - [`Profile`] and the workload thread that runs it (see the variants for what each does).
 //! - [`SimulatedEnclave`]: heap + workload + [`ecall_mallinfo`](SimulatedEnclave::ecall_mallinfo),
-//!   with fault injection (`fail`, `delay`) from [`SimConfig`].
+//!   with fault injection (`fail`, `delay`) from [`SimConfig`], and optional periodic pushes
+//!   (`push`) through the trusted crate's `publish_with`, as an enclave's own thread would send
+//!   them by OCALL.
 //!
 //! It is a test double and says so: the host labels it `source="simulated"`.
 //!
@@ -42,8 +44,8 @@ mod heap;
 mod profile;
 mod workload;
 
-pub use config::{DEFAULT_HEAP_PAGES, DEFAULT_PERIOD, DEFAULT_SEED, SimConfig};
-pub use enclave::SimulatedEnclave;
+pub use config::{DEFAULT_HEAP_PAGES, DEFAULT_PERIOD, DEFAULT_SEED, MIN_PUSH_INTERVAL, SimConfig};
+pub use enclave::{PushTarget, SimulatedEnclave};
 pub use error::SimError;
 pub use heap::{BLOCK_ALIGN, OutOfMemory, SimBlock, SimHeap};
 pub use profile::Profile;

@@ -3,6 +3,7 @@
 // Helpers outside #[test] functions unwrap too: in a test, a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use std::{mem, thread};
 
@@ -195,4 +196,69 @@ fn config_is_kept() {
         ..idle(20)
     };
     assert_eq!(enclave(config.clone()).config(), &config);
+}
+
+#[test]
+fn pushes_arrive_at_the_target_even_when_every_ecall_fails() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let target: enclave_heap_sim::PushTarget = {
+        let received = Arc::clone(&received);
+        let count = Arc::clone(&count);
+        Arc::new(move |info: &oe_mallinfo_t| {
+            received.lock().unwrap().push(*info);
+            count.fetch_add(1, Ordering::SeqCst);
+            OE_OK
+        })
+    };
+    let config = SimConfig {
+        heap_pages: 64,
+        profile: Profile::Idle,
+        fail: Some(OE_OUT_OF_THREADS),
+        push: Some(Duration::from_millis(20)),
+        ..SimConfig::default()
+    };
+    let enclave = SimulatedEnclave::with_push_target(config, target).unwrap();
+    let mut out = oe_mallinfo_t::default();
+    assert_eq!(enclave.ecall_mallinfo(&mut out), OE_OUT_OF_THREADS);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "fewer than 3 pushes in 5 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(enclave);
+    let after_drop = count.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        after_drop,
+        "pushes continued after drop"
+    );
+    for info in received.lock().unwrap().iter() {
+        assert_eq!(info.max_total_heap_size, 64 * 4096);
+        assert_eq!(info.current_allocated_heap_size, 0);
+    }
+}
+
+#[test]
+fn push_needs_a_target_and_a_sane_interval() {
+    let config = SimConfig {
+        push: Some(Duration::from_millis(100)),
+        ..SimConfig::default()
+    };
+    assert!(matches!(
+        SimulatedEnclave::new(config),
+        Err(SimError::NoPushTarget)
+    ));
+    let config = SimConfig {
+        push: Some(Duration::from_millis(1)),
+        ..SimConfig::default()
+    };
+    assert!(matches!(
+        config.validate(),
+        Err(SimError::PushTooOften { .. })
+    ));
 }
