@@ -19,12 +19,11 @@ pub mod server;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use enclave_heap_host::{HeapSource, OpenError, open_source};
+use enclave_heap_host::{OpenError, open_source};
 use tokio::net::TcpListener;
 
-use crate::collector::{Collector, CollectorOptions};
+use crate::collector::{Collector, CollectorOptions, CollectorSource};
 use crate::config::Config;
 use crate::exposition::Format;
 use crate::metrics::{ExporterMetrics, ProcessMetrics};
@@ -66,7 +65,7 @@ pub struct Exporter {
 impl Exporter {
     /// An exporter over already-opened sources (embedded mode).
     pub fn new(
-        sources: Vec<(String, Arc<dyn HeapSource>)>,
+        sources: Vec<CollectorSource>,
         options: CollectorOptions,
         telemetry_path: impl Into<String>,
         process: ProcessMetrics,
@@ -89,7 +88,7 @@ impl Exporter {
                     name: definition.name.clone(),
                     source,
                 })?;
-            sources.push((definition.name.clone(), source));
+            sources.push(CollectorSource::blocking(definition.name.as_str(), source));
         }
         Self::new(
             sources,
@@ -130,7 +129,7 @@ impl Exporter {
                 sources,
                 "<li><code>{}</code>: {}</li>",
                 html_escape(name),
-                kind.label()
+                kind
             );
         }
         format!(

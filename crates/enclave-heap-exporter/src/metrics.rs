@@ -138,7 +138,7 @@ impl ExporterMetrics {
         for reading in readings {
             let enclave = label("enclave", &reading.name);
             info.mut_metric().push(gauge(
-                vec![enclave.clone(), label("source", reading.kind.label())],
+                vec![enclave.clone(), label("source", reading.kind)],
                 1.0,
             ));
             match &reading.outcome {

@@ -1,25 +1,21 @@
-//! The HTTP server: accepting connections on every listener, routing, and draining on shutdown.
+//! The exporter's HTTP endpoints: routing and responses. The serving loop itself (listeners,
+//! connection cap, header timeout, graceful drain) is `enclave_heap_host::http_server`, shared
+//! with the agent.
 //!
 //! `serve` takes its listeners and its shutdown signal as arguments, so tests bind
-//! `127.0.0.1:0` and stop it at will. Connections are capped; on shutdown the listeners close
-//! at once and in-flight requests get [`DRAIN_TIMEOUT`] to finish.
+//! `127.0.0.1:0` and stop it at will. On shutdown the listeners close at once and in-flight
+//! requests get [`DRAIN_TIMEOUT`] to finish.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use enclave_heap_host::http_server::{self, Listener, ServeOptions};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::Exporter;
 use crate::exposition::Format;
@@ -37,74 +33,18 @@ pub async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = accept_any(&listeners) => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let listeners = listeners.into_iter().map(Listener::Tcp).collect();
+    let handler = move |request| {
         let exporter = Arc::clone(&exporter);
-        let service = service_fn(move |request| {
-            let exporter = Arc::clone(&exporter);
-            async move { Ok::<_, Infallible>(route(&exporter, request).await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listeners);
-    tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            timeout_s = DRAIN_TIMEOUT.as_secs(),
-            "some connections did not finish in time; closing them"
-        );
-    }
+        async move { route(&exporter, request).await }
+    };
+    let options = ServeOptions {
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    http_server::serve(listeners, handler, options, shutdown).await;
     Ok(())
-}
-
-/// Accepts from whichever listener is ready first.
-async fn accept_any(
-    listeners: &[TcpListener],
-) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    std::future::poll_fn(|cx| {
-        for listener in listeners {
-            if let Poll::Ready(result) = listener.poll_accept(cx) {
-                return Poll::Ready(result);
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 async fn route(exporter: &Exporter, request: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enclave_heap_exporter::Exporter;
-use enclave_heap_exporter::collector::CollectorOptions;
+use enclave_heap_exporter::collector::{CollectorOptions, CollectorSource};
 use enclave_heap_exporter::exposition::Format;
 use enclave_heap_exporter::metrics::ProcessMetrics;
 use enclave_heap_host::{HeapSource, SourceSpec, open_source};
@@ -27,8 +27,8 @@ fn source(url: &str) -> Arc<dyn HeapSource> {
 async fn scrape(format: Format) -> String {
     let exporter = Exporter::new(
         vec![
-            ("app".to_owned(), source("sim:idle?heap_pages=16")),
-            ("busy".to_owned(), source("sim:idle?fail=OE_OUT_OF_THREADS")),
+            CollectorSource::blocking("app", source("sim:idle?heap_pages=16")),
+            CollectorSource::blocking("busy", source("sim:idle?fail=OE_OUT_OF_THREADS")),
         ],
         CollectorOptions {
             timeout: Duration::from_secs(5),

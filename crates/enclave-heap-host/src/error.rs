@@ -65,6 +65,31 @@ impl ReadError {
     }
 }
 
+/// Why a scheduled read (see [`crate::coalesce`]) produced no snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadFailure {
+    /// The enclave answered with an OE result other than `OE_OK`.
+    #[error(transparent)]
+    Source(#[from] ReadError),
+    /// The read did not finish within its timeout.
+    #[error("no answer within {}", crate::PromDuration(*.0))]
+    Timeout(std::time::Duration),
+    /// The source panicked while reading (a bug in the source, reported instead of crashing).
+    #[error("the source panicked while reading: {0}")]
+    Panicked(String),
+}
+
+impl ReadFailure {
+    /// A stable, bounded label for the failure: the OE result name, `timeout` or `panic`.
+    pub fn result_label(&self) -> String {
+        match self {
+            ReadFailure::Source(error) => error.result().to_string(),
+            ReadFailure::Timeout(_) => "timeout".to_owned(),
+            ReadFailure::Panicked(_) => "panic".to_owned(),
+        }
+    }
+}
+
 /// A source that could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -14,22 +14,29 @@
 //! [`OeResult::check`].
 #![deny(missing_docs)]
 
+pub mod agent;
+pub mod agent_client;
+pub mod agent_protocol;
+pub mod coalesce;
 mod duration;
 mod error;
+pub mod http_server;
 #[cfg(feature = "openenclave")]
 mod openenclave;
+mod push;
 mod simulated;
 mod snapshot;
 mod source;
 mod source_url;
 
 pub use duration::{DurationParseError, PromDuration};
-pub use error::{OeResult, OpenError, ReadError};
+pub use error::{OeResult, OpenError, ReadError, ReadFailure};
 #[cfg(feature = "openenclave")]
 pub use openenclave::OeEnclaveSource;
+pub use push::{DEFAULT_PUSH_MAX_AGE, PushFallback, PushSlot};
 pub use simulated::SimulatedSource;
 pub use snapshot::{HeapSnapshot, SnapshotOrigin};
-pub use source::{HeapSource, SourceKind, open_source};
+pub use source::{HeapSource, SourceKind, SourceOptions, open_source, open_source_with};
 pub use source_url::{OeEnclaveConfig, SourceSpec, SourceUrlError};
 
 /// Re-exported so users of this crate name the simulated enclave's types without a second import.

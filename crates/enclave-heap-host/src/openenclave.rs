@@ -8,7 +8,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::ptr::{self, NonNull};
-use std::sync::Mutex;
+use std::sync::{Arc, LazyLock};
 
 use openenclave_sys::{
     OE_ENCLAVE_FLAG_DEBUG, OE_ENCLAVE_FLAG_SIMULATE, OE_ENCLAVE_TYPE_AUTO, OE_FAILURE,
@@ -17,6 +17,7 @@ use openenclave_sys::{
 };
 
 use crate::error::{OeResult, OpenError, ReadError};
+use crate::push::PushSlot;
 use crate::snapshot::{HeapSnapshot, SnapshotOrigin};
 use crate::source::{HeapSource, SourceKind};
 use crate::source_url::OeEnclaveConfig;
@@ -39,11 +40,17 @@ unsafe extern "C" {
     ) -> oe_result_t;
 }
 
-/// The most recent snapshot an enclave pushed through our OCALL.
+/// The most recent snapshot an enclave of this process pushed through our OCALL.
 ///
-/// An OCALL does not say which enclave made it, so pushes are process-wide; a host with several
-/// enclaves serves pushes through the agent, which keys them by enclave.
-static LAST_PUSH: Mutex<Option<HeapSnapshot>> = Mutex::new(None);
+/// An OCALL does not say which enclave made it, so pushes are process-wide: with several `oe://`
+/// sources in one exporter, each falls back to the latest push of any of them. A host with
+/// several enclaves should run the agent and hand each enclave's pushes to it by name.
+static PROCESS_PUSHES: LazyLock<Arc<PushSlot>> = LazyLock::new(|| Arc::new(PushSlot::new()));
+
+/// The process-wide push slot that our OCALL fills.
+pub(crate) fn process_pushes() -> Arc<PushSlot> {
+    Arc::clone(&PROCESS_PUSHES)
+}
 
 /// The host half of our OCALL, called by the generated OCALL table when an enclave calls
 /// `publish()`.
@@ -57,10 +64,7 @@ pub unsafe extern "C" fn enclave_heap_ocall_push_mallinfo(info: *const oe_mallin
     let Some(info) = (unsafe { info.as_ref() }) else {
         return;
     };
-    let snapshot = HeapSnapshot::from_mallinfo(info, SnapshotOrigin::OcallPush);
-    if let Ok(mut last) = LAST_PUSH.lock() {
-        *last = Some(snapshot);
-    }
+    PROCESS_PUSHES.push(info);
 }
 
 /// A real enclave created through the OE SDK; terminated on drop.

@@ -1,9 +1,12 @@
 //! [`SimulatedSource`]: the simulated enclave as a heap source.
 
-use enclave_heap_sim::{SimConfig, SimulatedEnclave};
-use openenclave_sys::oe_mallinfo_t;
+use std::sync::Arc;
+
+use enclave_heap_sim::{PushTarget, SimConfig, SimulatedEnclave};
+use openenclave_sys::{OE_OK, oe_mallinfo_t};
 
 use crate::error::{OeResult, OpenError, ReadError};
+use crate::push::PushSlot;
 use crate::snapshot::{HeapSnapshot, SnapshotOrigin};
 use crate::source::{HeapSource, SourceKind};
 
@@ -14,10 +17,23 @@ pub struct SimulatedSource {
 }
 
 impl SimulatedSource {
-    /// Starts a simulated enclave (its heap and workload thread) with `config`.
+    /// Starts a simulated enclave (its heap and workload thread) with `config`, which must not
+    /// ask for pushes (see [`start_pushing_to`](Self::start_pushing_to)).
     pub fn start(config: SimConfig) -> Result<Self, OpenError> {
         Ok(Self {
             enclave: SimulatedEnclave::new(config)?,
+        })
+    }
+
+    /// Starts a simulated enclave whose pushes (`config.push`) land in `pushes`, as a real
+    /// enclave's OCALLs land in the host's push sink.
+    pub fn start_pushing_to(config: SimConfig, pushes: Arc<PushSlot>) -> Result<Self, OpenError> {
+        let target: PushTarget = Arc::new(move |info: &oe_mallinfo_t| {
+            pushes.push(info);
+            OE_OK
+        });
+        Ok(Self {
+            enclave: SimulatedEnclave::with_push_target(config, target)?,
         })
     }
 

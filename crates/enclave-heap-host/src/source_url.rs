@@ -2,7 +2,7 @@
 //!
 //! | URL | source |
 //! |---|---|
-//! | `sim:` / `sim:PROFILE?heap_pages=N&period=D&seed=N&fail=OE_NAME&delay=D` | simulated enclave |
+//! | `sim:` / `sim:PROFILE?heap_pages=N&period=D&seed=N&fail=OE_NAME&delay=D&push=D` | simulated enclave |
 //! | `oe:///path/enclave.signed?simulate=1&debug=1` | a real enclave this process creates |
 //! | `unix:///path/to.sock` | an agent on a Unix socket (not yet supported) |
 //! | `http://host:port/path`, `https://...` | an agent over HTTP (not yet supported) |
@@ -172,9 +172,10 @@ fn parse_sim(rest: &str) -> Result<SimConfig, String> {
                 config.fail = Some(result);
             }
             "delay" => config.delay = Some(duration(key, value)?),
+            "push" => config.push = Some(duration(key, value)?),
             other => {
                 return Err(format!(
-                    "unknown parameter {other:?}; expected heap_pages, period, seed, fail or delay"
+                    "unknown parameter {other:?}; expected heap_pages, period, seed, fail, delay or push"
                 ));
             }
         }

@@ -1,0 +1,538 @@
+//! The agent: serves one host process's enclaves to a sidecar exporter over HTTP/1.1 on a Unix
+//! socket (and optionally TCP), in the [`agent_protocol`](crate::agent_protocol) format.
+//!
+//! The exporter in a sidecar container cannot ECALL into another process's enclave, so the host
+//! process that owns the enclave answers for it. [`AgentServer::start`] runs the agent on its own
+//! thread with its own small runtime, so a C or C++ host needs nothing but a call to start it
+//! (see the C ABI in [`crate::capi`]).
+//!
+//! Reads follow the exporter's rules (see [`crate::coalesce`]): one read in flight per enclave,
+//! at most one per `min_interval`, each request bounded by `timeout`, so a storm of requests
+//! never becomes a storm of ECALLs.
+//!
+//! The socket is created with mode 0600 (0660 when a group is given, owned by that group). It is
+//! bound under a temporary name, given its mode and group, then renamed into place, so the path
+//! never exists with looser permissions. A stale socket left by a dead process is replaced; a
+//! live one (something answers on it) is an error. The file is removed on clean shutdown if it
+//! is still ours.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use crate::agent_protocol::{
+    ENCLAVES_PATH, EnclaveEntry, EnclaveList, ErrorReport, MemoryReport, NODE_MEMORY_PATH,
+    ReportOrigin,
+};
+use crate::coalesce::{Coalescer, ReadPolicy, read_blocking};
+use crate::error::ReadFailure;
+use crate::http_server::{self, Listener, ServeOptions};
+use crate::snapshot::{HeapSnapshot, SnapshotOrigin};
+use crate::source::HeapSource;
+
+/// Where and how the agent serves.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The Unix socket to serve on, if any.
+    pub socket: Option<AgentSocket>,
+    /// A TCP address to serve on as well, if any (e.g. `127.0.0.1:0`).
+    pub tcp: Option<SocketAddr>,
+    /// Timeout and minimum interval of enclave reads.
+    pub policy: ReadPolicy,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            tcp: None,
+            policy: DEFAULT_AGENT_POLICY,
+        }
+    }
+}
+
+/// The agent's default read policy: answer within 2 s, read each enclave at most once a second.
+pub const DEFAULT_AGENT_POLICY: ReadPolicy = ReadPolicy {
+    timeout: Duration::from_secs(2),
+    min_interval: Duration::from_secs(1),
+};
+
+/// The agent's Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSocket {
+    /// Path of the socket file. Its directory must exist.
+    pub path: PathBuf,
+    /// Group allowed to connect: the socket gets mode 0660 and this group. Without it, 0600.
+    pub group: Option<u32>,
+}
+
+/// One enclave the agent serves.
+#[derive(Debug, Clone)]
+pub struct AgentEnclave {
+    /// Its name in URLs and reports (1-64 characters of `A-Z a-z 0-9 _ - . :`).
+    pub name: String,
+    /// How to read it.
+    pub source: Arc<dyn HeapSource>,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Nothing to serve on.
+    #[error("the agent needs a Unix socket path or a TCP address to serve on")]
+    NoListener,
+    /// Nothing to serve.
+    #[error("the agent needs at least one enclave")]
+    NoEnclaves,
+    /// An enclave name is not usable in a URL path.
+    #[error("enclave name {0:?} must be 1-64 characters of A-Z a-z 0-9 _ - . :")]
+    EnclaveName(String),
+    /// Two enclaves share a name.
+    #[error("enclave name {0:?} is used twice")]
+    DuplicateEnclave(String),
+    /// Another live agent already serves on the socket path.
+    #[error("{0}: another process is serving on this socket; stop it or choose another path")]
+    SocketInUse(PathBuf),
+    /// The socket path exists and is not a socket.
+    #[error("{0}: exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Creating, securing or renaming the socket failed.
+    #[error("{path}: {action}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The TCP address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Tcp {
+        /// The address.
+        address: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The agent's thread or runtime could not start.
+    #[error("cannot start the agent thread: {0}")]
+    Thread(io::Error),
+}
+
+/// A running agent. Stop it with [`stop`](Self::stop); dropping it stops it too.
+#[derive(Debug)]
+pub struct AgentServer {
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    socket: Option<OwnedSocket>,
+    tcp_address: Option<SocketAddr>,
+}
+
+/// The socket file we created, identified by inode so we never remove a successor's.
+#[derive(Debug)]
+struct OwnedSocket {
+    path: PathBuf,
+    device: u64,
+    inode: u64,
+}
+
+struct AgentState {
+    enclaves: Vec<ServedEnclave>,
+}
+
+struct ServedEnclave {
+    name: String,
+    source: Arc<dyn HeapSource>,
+    coalescer: Arc<Coalescer<HeapSnapshot>>,
+}
+
+impl AgentServer {
+    /// Validates, binds every listener (so errors are reported here, not later), and starts
+    /// serving on a thread of its own.
+    pub fn start(config: AgentConfig, enclaves: Vec<AgentEnclave>) -> Result<Self, AgentError> {
+        if config.socket.is_none() && config.tcp.is_none() {
+            return Err(AgentError::NoListener);
+        }
+        if enclaves.is_empty() {
+            return Err(AgentError::NoEnclaves);
+        }
+        let enclave_count = enclaves.len();
+        let mut names = HashSet::new();
+        for enclave in &enclaves {
+            if !valid_name(&enclave.name) {
+                return Err(AgentError::EnclaveName(enclave.name.clone()));
+            }
+            if !names.insert(enclave.name.as_str()) {
+                return Err(AgentError::DuplicateEnclave(enclave.name.clone()));
+            }
+        }
+        drop(names);
+        let tcp = match config.tcp {
+            Some(address) => {
+                let listener = std::net::TcpListener::bind(address)
+                    .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                    .map_err(|source| AgentError::Tcp { address, source })?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let tcp_address = tcp.as_ref().and_then(|listener| listener.local_addr().ok());
+        let (unix, socket) = match &config.socket {
+            Some(socket) => {
+                let (listener, owned) = bind_socket(socket)?;
+                (Some(listener), Some(owned))
+            }
+            None => (None, None),
+        };
+        let state = Arc::new(AgentState {
+            enclaves: enclaves
+                .into_iter()
+                .map(|enclave| ServedEnclave {
+                    name: enclave.name,
+                    source: enclave.source,
+                    coalescer: Arc::new(Coalescer::new(config.policy)),
+                })
+                .collect(),
+        });
+        let (shutdown, shutdown_signal) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("enclave-heap-agent")
+            .max_blocking_threads(enclave_count * 2)
+            .build()
+            .map_err(AgentError::Thread)?;
+        let thread = std::thread::Builder::new()
+            .name("enclave-heap-agent".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut listeners = Vec::new();
+                    if let Some(tcp) =
+                        tcp.and_then(|tcp| tokio::net::TcpListener::from_std(tcp).ok())
+                    {
+                        listeners.push(Listener::Tcp(tcp));
+                    }
+                    if let Some(unix) =
+                        unix.and_then(|unix| tokio::net::UnixListener::from_std(unix).ok())
+                    {
+                        listeners.push(Listener::Unix(unix));
+                    }
+                    let handler = move |request| {
+                        let state = Arc::clone(&state);
+                        async move { route(&state, request).await }
+                    };
+                    let options = ServeOptions {
+                        max_connections: 64,
+                        header_read_timeout: Duration::from_secs(5),
+                        drain_timeout: Duration::from_secs(5),
+                    };
+                    http_server::serve(listeners, handler, options, async {
+                        let _ = shutdown_signal.await;
+                    })
+                    .await;
+                });
+                // A read stuck in an ECALL cannot be cancelled; do not let it block the host's
+                // shutdown.
+                runtime.shutdown_timeout(Duration::from_millis(500));
+            })
+            .map_err(AgentError::Thread)?;
+        Ok(Self {
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+            socket,
+            tcp_address,
+        })
+    }
+
+    /// The TCP address actually bound (useful with port 0).
+    pub fn tcp_address(&self) -> Option<SocketAddr> {
+        self.tcp_address
+    }
+
+    /// The Unix socket path served on.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket.as_ref().map(|socket| socket.path.as_path())
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most 5 s), removes the socket file
+    /// and joins the agent's thread.
+    pub fn stop(mut self) {
+        self.shutdown_now();
+    }
+
+    fn shutdown_now(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Some(socket) = self.socket.take() {
+            socket.remove_if_ours();
+        }
+    }
+}
+
+impl Drop for AgentServer {
+    fn drop(&mut self) {
+        self.shutdown_now();
+    }
+}
+
+impl OwnedSocket {
+    fn remove_if_ours(&self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| meta.dev() == self.device && meta.ino() == self.inode);
+        if ours {
+            if let Err(error) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), %error, "cannot remove the agent socket");
+            }
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// Binds `socket.path` with its final mode and group from the first moment it exists.
+fn bind_socket(
+    socket: &AgentSocket,
+) -> Result<(std::os::unix::net::UnixListener, OwnedSocket), AgentError> {
+    let path = &socket.path;
+    let fail = |action, source| AgentError::Socket {
+        path: path.clone(),
+        action,
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AgentError::SocketInUse(path.clone()));
+            }
+            // Nobody answers: a stale socket from a process that did not clean up.
+            tracing::info!(path = %path.display(), "replacing a stale agent socket");
+        }
+        Ok(_) => return Err(AgentError::NotASocket(path.clone())),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(fail("cannot inspect the socket path", error)),
+    }
+    let file_name = path.file_name().ok_or_else(|| {
+        fail(
+            "no file name in the socket path",
+            io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(file_name);
+    temporary_name.push(format!(".{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(temporary_name);
+    let _ = std::fs::remove_file(&temporary);
+    let listener = std::os::unix::net::UnixListener::bind(&temporary)
+        .map_err(|error| fail("cannot bind the socket (does its directory exist?)", error))?;
+    let secure = || -> io::Result<()> {
+        let mode = if socket.group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
+        if let Some(group) = socket.group {
+            std::os::unix::fs::lchown(&temporary, None, Some(group))?;
+        }
+        listener.set_nonblocking(true)?;
+        std::fs::rename(&temporary, path)
+    };
+    if let Err(error) = secure() {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(fail("cannot set the socket's mode, group or name", error));
+    }
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|error| fail("cannot inspect the new socket", error))?;
+    Ok((
+        listener,
+        OwnedSocket {
+            path: path.clone(),
+            device: meta.dev(),
+            inode: meta.ino(),
+        },
+    ))
+}
+
+async fn route(state: &AgentState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            None,
+            "only GET and HEAD are supported",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let path = request.uri().path();
+    let response = if path == NODE_MEMORY_PATH {
+        // The default enclave: the first registered, so a single-enclave host is CCF-compatible.
+        match state.enclaves.first() {
+            Some(enclave) => memory_response(enclave).await,
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                "no enclaves are registered",
+            ),
+        }
+    } else if path == ENCLAVES_PATH {
+        list_response(state).await
+    } else if let Some(name) = path
+        .strip_prefix(ENCLAVES_PATH)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.strip_suffix("/memory"))
+    {
+        match state.enclaves.iter().find(|enclave| enclave.name == name) {
+            Some(enclave) => memory_response(enclave).await,
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                "no enclave of that name; GET /enclaves lists them",
+            ),
+        }
+    } else if path == "/-/healthy" {
+        json_response(StatusCode::OK, b"{\"status\":\"healthy\"}".to_vec())
+    } else {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+            "paths: /node/memory, /enclaves, /enclaves/{name}/memory",
+        )
+    };
+    if request.method() == Method::HEAD {
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Full::new(Bytes::new()));
+    }
+    response
+}
+
+async fn read(enclave: &ServedEnclave) -> Result<HeapSnapshot, ReadFailure> {
+    let source = Arc::clone(&enclave.source);
+    let name = enclave.name.clone();
+    enclave
+        .coalescer
+        .begin(
+            move || read_blocking(source),
+            move |report| {
+                if let Err(failure) = report.outcome {
+                    tracing::debug!(enclave = %name, %failure, "read failed");
+                }
+            },
+        )
+        .wait(|failure| tracing::warn!(enclave = %enclave.name, %failure, "read timed out"))
+        .await
+}
+
+fn report(name: &str, snapshot: &HeapSnapshot) -> MemoryReport {
+    MemoryReport {
+        max_total_heap_size: snapshot.max_total_heap_size,
+        current_allocated_heap_size: snapshot.current_allocated_heap_size,
+        peak_allocated_heap_size: snapshot.peak_allocated_heap_size,
+        enclave: Some(name.to_owned()),
+        origin: Some(match snapshot.origin {
+            SnapshotOrigin::Ecall => ReportOrigin::Ecall,
+            SnapshotOrigin::OcallPush => ReportOrigin::OcallPush,
+        }),
+        age_seconds: Some(snapshot.taken_at.elapsed().as_secs_f64()),
+    }
+}
+
+fn failure_report(name: &str, failure: &ReadFailure) -> (StatusCode, ErrorReport) {
+    let status = match failure {
+        ReadFailure::Source(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ReadFailure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        ReadFailure::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (
+        status,
+        ErrorReport {
+            error: failure.result_label(),
+            enclave: Some(name.to_owned()),
+            message: Some(failure.to_string()),
+        },
+    )
+}
+
+async fn memory_response(enclave: &ServedEnclave) -> Response<Full<Bytes>> {
+    match read(enclave).await {
+        Ok(snapshot) => json(StatusCode::OK, &report(&enclave.name, &snapshot)),
+        Err(failure) => {
+            let (status, body) = failure_report(&enclave.name, &failure);
+            json(status, &body)
+        }
+    }
+}
+
+async fn list_response(state: &AgentState) -> Response<Full<Bytes>> {
+    // Start every read before waiting for any, so enclaves are read concurrently.
+    let mut entries = Vec::with_capacity(state.enclaves.len());
+    let reads: Vec<_> = state
+        .enclaves
+        .iter()
+        .map(|enclave| (enclave, Box::pin(read(enclave))))
+        .collect();
+    for (enclave, read) in reads {
+        entries.push(match read.await {
+            Ok(snapshot) => EnclaveEntry::Memory(report(&enclave.name, &snapshot)),
+            Err(failure) => EnclaveEntry::Error(failure_report(&enclave.name, &failure).1),
+        });
+    }
+    json(StatusCode::OK, &EnclaveList { enclaves: entries })
+}
+
+fn error_response(
+    status: StatusCode,
+    error: &str,
+    enclave: Option<&str>,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &ErrorReport {
+            error: error.to_owned(),
+            enclave: enclave.map(str::to_owned),
+            message: Some(message.to_owned()),
+        },
+    )
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => json_response(status, bytes),
+        Err(_) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"{\"error\":\"encoding\"}".to_vec(),
+        ),
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
