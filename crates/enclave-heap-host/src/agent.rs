@@ -11,10 +11,11 @@
 //! never becomes a storm of ECALLs.
 //!
 //! The socket is created with mode 0600 (0660 when a group is given, owned by that group). It is
-//! bound under a temporary name, given its mode and group, then renamed into place, so the path
-//! never exists with looser permissions. A stale socket left by a dead process is replaced; a
-//! live one (something answers on it) is an error. The file is removed on clean shutdown if it
-//! is still ours.
+//! bound under a temporary name, given its mode and group, then linked into place, so the path
+//! never exists with looser permissions and a socket that appears meanwhile is never clobbered. A
+//! stale socket left by a dead process (connecting is refused) is replaced; a live one
+//! (something answers on it) is an error, and so is one we cannot probe. The file is removed when
+//! the agent stops or is dropped, if it is still ours.
 
 use std::collections::HashSet;
 use std::io;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -108,22 +110,22 @@ pub enum AgentError {
     #[error("{0}: exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     /// Creating, securing or renaming the socket failed.
-    #[error("{path}: {action}: {source}")]
+    #[error("{path}: {action}: {cause}")]
     Socket {
         /// The socket path.
         path: PathBuf,
         /// What was being done.
         action: &'static str,
         /// What the OS said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The TCP address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {cause}")]
     Tcp {
         /// The address.
         address: SocketAddr,
         /// What the OS said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The agent's thread or runtime could not start.
     #[error("cannot start the agent thread: {0}")]
@@ -139,7 +141,8 @@ pub struct AgentServer {
     tcp_address: Option<SocketAddr>,
 }
 
-/// The socket file we created, identified by inode so we never remove a successor's.
+/// The socket file we created, identified by inode so we never remove a successor's. Dropping it
+/// removes the file (if still ours), so a start that fails after binding leaves nothing behind.
 #[derive(Debug)]
 struct OwnedSocket {
     path: PathBuf,
@@ -170,7 +173,7 @@ impl AgentServer {
         let enclave_count = enclaves.len();
         let mut names = HashSet::new();
         for enclave in &enclaves {
-            if !valid_name(&enclave.name) {
+            if !crate::agent_protocol::valid_enclave_name(&enclave.name) {
                 return Err(AgentError::EnclaveName(enclave.name.clone()));
             }
             if !names.insert(enclave.name.as_str()) {
@@ -182,7 +185,7 @@ impl AgentServer {
             Some(address) => {
                 let listener = std::net::TcpListener::bind(address)
                     .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-                    .map_err(|source| AgentError::Tcp { address, source })?;
+                    .map_err(|cause| AgentError::Tcp { address, cause })?;
                 Some(listener)
             }
             None => None,
@@ -195,6 +198,33 @@ impl AgentServer {
             }
             None => (None, None),
         };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("enclave-heap-agent")
+            .max_blocking_threads(enclave_count * 2)
+            .build()
+            .map_err(AgentError::Thread)?;
+        // Register the listeners with the runtime here, so a failure is reported by `start`
+        // instead of leaving the agent silently deaf on one of them.
+        let mut listeners = Vec::new();
+        {
+            let _runtime = runtime.enter();
+            if let (Some(tcp), Some(address)) = (tcp, config.tcp) {
+                let tcp = tokio::net::TcpListener::from_std(tcp)
+                    .map_err(|cause| AgentError::Tcp { address, cause })?;
+                listeners.push(Listener::Tcp(tcp));
+            }
+            if let (Some(unix), Some(owned)) = (unix, &socket) {
+                let unix = tokio::net::UnixListener::from_std(unix).map_err(|cause| {
+                    AgentError::Socket {
+                        path: owned.path.clone(),
+                        action: "cannot register the socket with the agent's runtime",
+                        cause,
+                    }
+                })?;
+                listeners.push(Listener::Unix(unix));
+            }
+        }
         let state = Arc::new(AgentState {
             enclaves: enclaves
                 .into_iter()
@@ -206,27 +236,10 @@ impl AgentServer {
                 .collect(),
         });
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("enclave-heap-agent")
-            .max_blocking_threads(enclave_count * 2)
-            .build()
-            .map_err(AgentError::Thread)?;
         let thread = std::thread::Builder::new()
             .name("enclave-heap-agent".to_owned())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let mut listeners = Vec::new();
-                    if let Some(tcp) =
-                        tcp.and_then(|tcp| tokio::net::TcpListener::from_std(tcp).ok())
-                    {
-                        listeners.push(Listener::Tcp(tcp));
-                    }
-                    if let Some(unix) =
-                        unix.and_then(|unix| tokio::net::UnixListener::from_std(unix).ok())
-                    {
-                        listeners.push(Listener::Unix(unix));
-                    }
                     let handler = move |request| {
                         let state = Arc::clone(&state);
                         async move { route(&state, request).await }
@@ -277,9 +290,8 @@ impl AgentServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        if let Some(socket) = self.socket.take() {
-            socket.remove_if_ours();
-        }
+        // Dropping it removes the file if it is still ours.
+        drop(self.socket.take());
     }
 }
 
@@ -289,8 +301,8 @@ impl Drop for AgentServer {
     }
 }
 
-impl OwnedSocket {
-    fn remove_if_ours(&self) {
+impl Drop for OwnedSocket {
+    fn drop(&mut self) {
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|meta| meta.dev() == self.device && meta.ino() == self.inode);
         if ours {
@@ -301,36 +313,39 @@ impl OwnedSocket {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-}
+/// Distinguishes the temporary names of agents started at the same time in one process.
+static TEMPORARY_SOCKETS: AtomicU64 = AtomicU64::new(0);
 
 /// Binds `socket.path` with its final mode and group from the first moment it exists.
 fn bind_socket(
     socket: &AgentSocket,
 ) -> Result<(std::os::unix::net::UnixListener, OwnedSocket), AgentError> {
     let path = &socket.path;
-    let fail = |action, source| AgentError::Socket {
+    let fail = |action, cause| AgentError::Socket {
         path: path.clone(),
         action,
-        source,
+        cause,
     };
-    match std::fs::symlink_metadata(path) {
+    let stale = match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(AgentError::SocketInUse(path.clone()));
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(AgentError::SocketInUse(path.clone())),
+                // Nobody answers: a stale socket from a process that did not clean up.
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => true,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+                // E.g. another user's 0600 socket: it may well be live, so leave it alone.
+                Err(error) => {
+                    return Err(fail(
+                        "cannot tell whether the existing socket is still served",
+                        error,
+                    ));
+                }
             }
-            // Nobody answers: a stale socket from a process that did not clean up.
-            tracing::info!(path = %path.display(), "replacing a stale agent socket");
         }
         Ok(_) => return Err(AgentError::NotASocket(path.clone())),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => false,
         Err(error) => return Err(fail("cannot inspect the socket path", error)),
-    }
+    };
     let file_name = path.file_name().ok_or_else(|| {
         fail(
             "no file name in the socket path",
@@ -339,26 +354,59 @@ fn bind_socket(
     })?;
     let mut temporary_name = std::ffi::OsString::from(".");
     temporary_name.push(file_name);
-    temporary_name.push(format!(".{}.tmp", std::process::id()));
+    temporary_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        TEMPORARY_SOCKETS.fetch_add(1, Ordering::Relaxed)
+    ));
     let temporary = path.with_file_name(temporary_name);
-    let _ = std::fs::remove_file(&temporary);
-    let listener = std::os::unix::net::UnixListener::bind(&temporary)
-        .map_err(|error| fail("cannot bind the socket (does its directory exist?)", error))?;
-    let secure = || -> io::Result<()> {
+    let listener = std::os::unix::net::UnixListener::bind(&temporary).map_err(|error| {
+        let action = match error.kind() {
+            io::ErrorKind::NotFound => "cannot bind the socket: its directory does not exist",
+            io::ErrorKind::PermissionDenied => {
+                "cannot bind the socket: no permission to create files in its directory"
+            }
+            io::ErrorKind::InvalidInput => {
+                "cannot bind the socket: the path plus the agent's temporary suffix is too long for a Unix socket"
+            }
+            _ => "cannot bind the socket",
+        };
+        fail(action, error)
+    })?;
+    let secure = || -> io::Result<std::fs::Metadata> {
         let mode = if socket.group.is_some() { 0o660 } else { 0o600 };
         std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
         if let Some(group) = socket.group {
             std::os::unix::fs::lchown(&temporary, None, Some(group))?;
         }
         listener.set_nonblocking(true)?;
-        std::fs::rename(&temporary, path)
+        std::fs::symlink_metadata(&temporary)
     };
-    if let Err(error) = secure() {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(fail("cannot set the socket's mode, group or name", error));
-    }
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|error| fail("cannot inspect the new socket", error))?;
+    let placed = secure()
+        .map_err(|error| fail("cannot set the socket's mode or group", error))
+        .and_then(|meta| {
+            if stale {
+                tracing::info!(path = %path.display(), "replacing a stale agent socket");
+                match std::fs::remove_file(path) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                        return Err(fail("cannot remove the stale socket", error));
+                    }
+                    _ => {}
+                }
+            }
+            // A link, unlike a rename, fails instead of replacing a socket that another agent
+            // put in place since we looked.
+            match std::fs::hard_link(&temporary, path) {
+                Ok(()) => Ok(meta),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    Err(AgentError::SocketInUse(path.clone()))
+                }
+                Err(error) => Err(fail("cannot move the socket into place", error)),
+            }
+        });
+    // The listener stays bound to the inode, whatever names it has.
+    let _ = std::fs::remove_file(&temporary);
+    let meta = placed?;
     Ok((
         listener,
         OwnedSocket {
@@ -420,28 +468,24 @@ async fn route(state: &AgentState, request: Request<Incoming>) -> Response<Full<
             "paths: /node/memory, /enclaves, /enclaves/{name}/memory",
         )
     };
-    if request.method() == Method::HEAD {
-        let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, Full::new(Bytes::new()));
-    }
+    // For HEAD, hyper sends the headers (Content-Length included) and leaves the body out.
     response
 }
 
-async fn read(enclave: &ServedEnclave) -> Result<HeapSnapshot, ReadFailure> {
+/// Starts (or joins) a read of `enclave` at once, not when the future is first polled, so that
+/// reads begun one after the other run concurrently.
+fn read(enclave: &ServedEnclave) -> impl Future<Output = Result<HeapSnapshot, ReadFailure>> + '_ {
     let source = Arc::clone(&enclave.source);
     let name = enclave.name.clone();
-    enclave
-        .coalescer
-        .begin(
-            move || read_blocking(source),
-            move |report| {
-                if let Err(failure) = report.outcome {
-                    tracing::debug!(enclave = %name, %failure, "read failed");
-                }
-            },
-        )
-        .wait(|failure| tracing::warn!(enclave = %enclave.name, %failure, "read timed out"))
-        .await
+    let pending = enclave.coalescer.begin(
+        move || read_blocking(source),
+        move |report| {
+            if let Err(failure) = report.outcome {
+                tracing::debug!(enclave = %name, %failure, "read failed");
+            }
+        },
+    );
+    pending.wait(|failure| tracing::warn!(enclave = %enclave.name, %failure, "read timed out"))
 }
 
 fn report(name: &str, snapshot: &HeapSnapshot) -> MemoryReport {
@@ -463,6 +507,8 @@ fn failure_report(name: &str, failure: &ReadFailure) -> (StatusCode, ErrorReport
         ReadFailure::Source(_) => StatusCode::SERVICE_UNAVAILABLE,
         ReadFailure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         ReadFailure::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // An agent re-serving another agent: the upstream failed.
+        ReadFailure::Agent(_) => StatusCode::BAD_GATEWAY,
     };
     (
         status,
@@ -490,7 +536,7 @@ async fn list_response(state: &AgentState) -> Response<Full<Bytes>> {
     let reads: Vec<_> = state
         .enclaves
         .iter()
-        .map(|enclave| (enclave, Box::pin(read(enclave))))
+        .map(|enclave| (enclave, read(enclave)))
         .collect();
     for (enclave, read) in reads {
         entries.push(match read.await {

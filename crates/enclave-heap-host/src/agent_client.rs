@@ -200,12 +200,12 @@ pub enum AgentClientError {
         reason: &'static str,
     },
     /// The CA file could not be read.
-    #[error("cannot read the CA file {}: {source}; check the path and its permissions", .path.display())]
+    #[error("cannot read the CA file {}: {cause}; check the path and its permissions", .path.display())]
     CaFileRead {
         /// The CA file as given.
         path: PathBuf,
         /// Why it could not be read.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The CA file holds no PEM certificate.
     #[error(
@@ -669,9 +669,9 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, AgentClientErro
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|source| AgentClientError::CaFileRead {
+            let pem = std::fs::read(path).map_err(|cause| AgentClientError::CaFileRead {
                 path: path.to_owned(),
-                source,
+                cause,
             })?;
             for (index, certificate) in CertificateDer::pem_slice_iter(&pem).enumerate() {
                 let invalid = |reason: String| AgentClientError::CaFileInvalid {

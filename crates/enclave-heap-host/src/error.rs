@@ -77,6 +77,9 @@ pub enum ReadFailure {
     /// The source panicked while reading (a bug in the source, reported instead of crashing).
     #[error("the source panicked while reading: {0}")]
     Panicked(String),
+    /// An agent (or CCF node) could not be read.
+    #[error("agent: {0}")]
+    Agent(#[from] crate::agent_client::AgentReadError),
 }
 
 impl ReadFailure {
@@ -86,6 +89,7 @@ impl ReadFailure {
             ReadFailure::Source(error) => error.result().to_string(),
             ReadFailure::Timeout(_) => "timeout".to_owned(),
             ReadFailure::Panicked(_) => "panic".to_owned(),
+            ReadFailure::Agent(error) => error.result_label(),
         }
     }
 }
@@ -105,24 +109,31 @@ pub enum OpenError {
         /// The cargo feature that adds it.
         feature: &'static str,
     },
-    /// The source kind is planned but not implemented yet.
-    #[error("{url}: {kind} sources are not supported yet; use a sim: or oe: source")]
-    NotYetSupported {
+    /// The URL names an agent in another process, which is read with an
+    /// [`AgentClient`](crate::agent_client::AgentClient), not opened as an in-process source.
+    #[error("{url}: an agent source is read over HTTP with an AgentClient, not opened in-process")]
+    NotInProcess {
         /// The source URL as given.
         url: String,
-        /// What kind of source it is.
-        kind: &'static str,
+    },
+    /// The agent URL or its client options are unusable.
+    #[error("{url}: {cause}")]
+    AgentClient {
+        /// The source URL as given.
+        url: String,
+        /// What is wrong.
+        cause: crate::agent_client::AgentClientError,
     },
     /// The simulated enclave rejected its configuration.
     #[error("cannot start the simulated enclave: {0}")]
-    Simulated(#[from] enclave_heap_sim::SimError),
+    Simulated(enclave_heap_sim::SimError),
     /// The enclave image does not exist or cannot be read.
-    #[error("enclave image {path}: {source}; check the path in the oe:// source URL")]
+    #[error("enclave image {path}: {cause}; check the path in the oe:// source URL")]
     EnclaveImage {
         /// The path from the URL.
         path: std::path::PathBuf,
         /// What the file system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The SDK refused to create the enclave.
     #[error("oe_create_enclave for {path} failed: {result}")]
@@ -132,6 +143,12 @@ pub enum OpenError {
         /// What the SDK returned.
         result: OeResult,
     },
+}
+
+impl From<enclave_heap_sim::SimError> for OpenError {
+    fn from(error: enclave_heap_sim::SimError) -> Self {
+        OpenError::Simulated(error)
+    }
 }
 
 #[cfg(test)]

@@ -83,9 +83,9 @@ unsafe impl Sync for OeEnclaveSource {}
 impl OeEnclaveSource {
     /// Creates the enclave that `config` names.
     pub fn create(config: &OeEnclaveConfig) -> Result<Self, OpenError> {
-        let image_error = |source| OpenError::EnclaveImage {
+        let image_error = |cause| OpenError::EnclaveImage {
             path: config.path.clone(),
-            source,
+            cause,
         };
         std::fs::File::open(&config.path).map_err(image_error)?;
         let path = CString::new(config.path.as_os_str().as_bytes()).map_err(|_| {

@@ -89,14 +89,9 @@ pub fn open_source_with(
             Ok(Arc::new(SimulatedSource::start(config.clone())?))
         }
         SourceSpec::OpenEnclave { url, config } => open_openenclave(url, config, options),
-        SourceSpec::UnixAgent { url, .. } => Err(OpenError::NotYetSupported {
-            url: url.clone(),
-            kind: "unix socket agent",
-        }),
-        SourceSpec::HttpAgent { url } => Err(OpenError::NotYetSupported {
-            url: url.clone(),
-            kind: "HTTP agent",
-        }),
+        SourceSpec::UnixAgent { url, .. } | SourceSpec::HttpAgent { url, .. } => {
+            Err(OpenError::NotInProcess { url: url.clone() })
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 //! |---|---|
 //! | `sim:` / `sim:PROFILE?heap_pages=N&period=D&seed=N&fail=OE_NAME&delay=D&push=D` | simulated enclave |
 //! | `oe:///path/enclave.signed?simulate=1&debug=1` | a real enclave this process creates |
-//! | `unix:///path/to.sock` | an agent on a Unix socket (not yet supported) |
-//! | `http://host:port/path`, `https://...` | an agent over HTTP (not yet supported) |
+//! | `unix:///path/to.sock` | the default enclave of an agent on a Unix socket (`GET /node/memory`) |
+//! | `unix:///path/to.sock?enclave=NAME` | enclave `NAME` of that agent (`GET /enclaves/NAME/memory`) |
+//! | `unix:///path/to.sock?enclave=*` | every enclave of that agent (`GET /enclaves`), expanded |
+//! | `http://host:port/path`, `https://...` | the `/node/memory` JSON at that URL (our agent over TCP, a CCF node); the path `/enclaves` expands to every enclave |
 //!
 //! Every error names the URL and the part that is wrong, and says what would be accepted.
 
@@ -34,18 +36,34 @@ pub enum SourceSpec {
         /// How to create the enclave.
         config: OeEnclaveConfig,
     },
-    /// `unix:///path`: an agent serving `GET /node/memory` on a Unix socket.
+    /// `unix:///path[?enclave=NAME|*]`: an agent on a Unix socket.
     UnixAgent {
         /// The URL as given.
         url: String,
         /// The socket path.
         path: PathBuf,
+        /// Which of the agent's enclaves to read.
+        select: AgentSelection,
     },
     /// `http(s)://...`: an agent or CCF node serving the `/node/memory` JSON.
     HttpAgent {
         /// The URL as given.
         url: String,
+        /// Which enclaves: [`AgentSelection::All`] when the path is `/enclaves`, otherwise the
+        /// report at the URL ([`AgentSelection::Default`]).
+        select: AgentSelection,
     },
+}
+
+/// Which enclaves of an agent a source reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSelection {
+    /// The agent's default enclave (`/node/memory`), or the report at an HTTP URL.
+    Default,
+    /// One named enclave (`/enclaves/NAME/memory`).
+    Named(String),
+    /// Every enclave the agent serves (`/enclaves`), each exported as `SOURCE/ENCLAVE`.
+    All,
 }
 
 /// How to create a real enclave (`oe:///path?simulate=1&debug=1`).
@@ -74,7 +92,7 @@ impl SourceSpec {
             SourceSpec::Simulated { url, .. }
             | SourceSpec::OpenEnclave { url, .. }
             | SourceSpec::UnixAgent { url, .. }
-            | SourceSpec::HttpAgent { url } => url,
+            | SourceSpec::HttpAgent { url, .. } => url,
         }
     }
 }
@@ -105,24 +123,46 @@ impl FromStr for SourceSpec {
                 }),
             "unix" => {
                 let (path, query) = split_absolute_path("unix", rest).map_err(fail)?;
-                if query.is_some() {
-                    return Err(fail("unix:// URLs take no query".into()));
+                let mut select = AgentSelection::Default;
+                for (key, value) in query_pairs(query).map_err(fail)? {
+                    match (key, value) {
+                        ("enclave", "*") => select = AgentSelection::All,
+                        ("enclave", name) if crate::agent_protocol::valid_enclave_name(name) => {
+                            select = AgentSelection::Named(name.to_owned());
+                        }
+                        ("enclave", name) => {
+                            return Err(fail(format!(
+                                "enclave={name:?}: expected * or a name of 1-64 characters of A-Z a-z 0-9 _ - . :"
+                            )));
+                        }
+                        (other, _) => {
+                            return Err(fail(format!(
+                                "unknown parameter {other:?}; expected enclave"
+                            )));
+                        }
+                    }
                 }
                 Ok(SourceSpec::UnixAgent {
                     url: url.to_owned(),
                     path,
+                    select,
                 })
             }
             "http" | "https" => {
-                let host = rest
-                    .strip_prefix("//")
-                    .map(|after| after.split(['/', '?']).next().unwrap_or(""))
-                    .unwrap_or("");
+                let after = rest.strip_prefix("//").unwrap_or("");
+                let host = after.split(['/', '?']).next().unwrap_or("");
                 if host.is_empty() {
                     return Err(fail(format!("expected {scheme}://host:port/path")));
                 }
+                let path = after[host.len()..].split('?').next().unwrap_or("");
+                let select = if path == crate::agent_protocol::ENCLAVES_PATH {
+                    AgentSelection::All
+                } else {
+                    AgentSelection::Default
+                };
                 Ok(SourceSpec::HttpAgent {
                     url: url.to_owned(),
+                    select,
                 })
             }
             other => Err(fail(format!(

@@ -69,16 +69,13 @@ fn invalid_simulated_configuration_is_an_open_error() {
 }
 
 #[test]
-fn agent_sources_are_not_supported_yet() {
+fn agent_sources_are_not_opened_in_process() {
     for url in [
         "unix:///run/app/heap.sock",
         "http://127.0.0.1:1/node/memory",
     ] {
         let error = open(url).unwrap_err();
-        assert!(
-            matches!(error, OpenError::NotYetSupported { .. }),
-            "{error:?}"
-        );
+        assert!(matches!(error, OpenError::NotInProcess { .. }), "{error:?}");
         assert!(error.to_string().contains(url));
     }
 }

@@ -52,7 +52,7 @@ pub enum SimError {
     NoPushTarget,
     /// The operating system refused to start the push thread.
     #[error("cannot start the push thread: {0}")]
-    SpawnPush(#[source] io::Error),
+    SpawnPush(io::Error),
     /// A profile name that is not one of [`Profile::ALL`].
     #[error("unknown profile {name:?}: expected one of {}", Profile::valid_names())]
     UnknownProfile {
@@ -74,12 +74,11 @@ pub enum SimError {
         bytes: usize,
     },
     /// The operating system refused to start the workload thread.
-    #[error("cannot start the {profile} workload thread: {source}")]
+    #[error("cannot start the {profile} workload thread: {cause}")]
     SpawnWorkload {
         /// The profile whose thread failed to start.
         profile: Profile,
         /// What the operating system said.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }

@@ -58,7 +58,7 @@ impl WorkloadThread {
         let handle = thread::Builder::new()
             .name(format!("enclave-heap-sim-{profile}"))
             .spawn(move || run(&heap, profile, period, seed, &thread_stop))
-            .map_err(|source| SimError::SpawnWorkload { profile, source })?;
+            .map_err(|cause| SimError::SpawnWorkload { profile, cause })?;
         Ok(Some(Self { stop, handle }))
     }
 
