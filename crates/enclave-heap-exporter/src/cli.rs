@@ -33,7 +33,8 @@ pub struct Cli {
 
     /// An enclave to read, as NAME=URL (repeatable). NAME becomes the `enclave` label. URLs:
     /// `sim:[PROFILE][?heap_pages=N&period=D&seed=N&fail=OE_RESULT&delay=D]`,
-    /// `oe:///path/enclave.signed[?simulate=1&debug=1]`.
+    /// `oe:///path/enclave.signed[?simulate=1&debug=1]`, `unix:///path/agent.sock[?enclave=NAME|*]`,
+    /// `http(s)://host:port/node/memory`.
     #[arg(long = "source", value_name = "NAME=URL")]
     pub source: Vec<String>,
 
@@ -49,6 +50,19 @@ pub struct Cli {
         default_value = "1s"
     )]
     pub source_min_interval: String,
+
+    /// How old a snapshot the enclave pushed by OCALL may be and still stand in when an ECALL
+    /// fails with OE_OUT_OF_THREADS (in-process sources; an agent applies its own setting).
+    #[arg(
+        long = "source.push-max-age",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub source_push_max_age: String,
+
+    /// PEM file of CA certificates to trust for https:// sources (default: the Mozilla roots).
+    #[arg(long = "source.ca-file", value_name = "FILE")]
+    pub source_ca_file: Option<std::path::PathBuf>,
 
     /// Only log messages with the given severity or above: debug, info, warn, error.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use enclave_heap_host::ReadFailure;
-use enclave_heap_host::coalesce::{Coalescer, ReadPolicy, ReadReport, read_blocking};
+use enclave_heap_host::coalesce::{Coalescer, PendingRead, ReadPolicy, ReadReport, read_blocking};
 use enclave_heap_host::{HeapSnapshot, HeapSource};
 
 use crate::metrics::ReadTelemetry;
@@ -45,11 +45,22 @@ pub struct SourceReading {
 /// A future that reads one snapshot.
 pub type SnapshotFuture = Pin<Box<dyn Future<Output = Result<HeapSnapshot, ReadFailure>> + Send>>;
 
+/// Several enclaves read in one go (an agent's `/enclaves`): each name with its own outcome.
+pub type Listing = Vec<(String, Result<HeapSnapshot, ReadFailure>)>;
+
+/// A future that reads a [`Listing`].
+pub type ListingFuture = Pin<Box<dyn Future<Output = Result<Listing, ReadFailure>> + Send>>;
+
 /// Something the collector can read: a name, a kind and a way to start one read.
 pub struct CollectorSource {
     name: Arc<str>,
     kind: &'static str,
-    start: Arc<dyn Fn() -> SnapshotFuture + Send + Sync>,
+    start: Start,
+}
+
+enum Start {
+    Single(Arc<dyn Fn() -> SnapshotFuture + Send + Sync>),
+    Listing(Arc<dyn Fn() -> ListingFuture + Send + Sync>),
 }
 
 impl std::fmt::Debug for CollectorSource {
@@ -67,7 +78,9 @@ impl CollectorSource {
         Self {
             name: name.into(),
             kind: source.kind().label(),
-            start: Arc::new(move || Box::pin(read_blocking(Arc::clone(&source)))),
+            start: Start::Single(Arc::new(move || {
+                Box::pin(read_blocking(Arc::clone(&source)))
+            })),
         }
     }
 
@@ -80,7 +93,21 @@ impl CollectorSource {
         Self {
             name: name.into(),
             kind,
-            start: Arc::new(start),
+            start: Start::Single(Arc::new(start)),
+        }
+    }
+
+    /// A reader of several enclaves at once. Each enclave `E` in a listing is exported as
+    /// `NAME/E`; when the whole read fails, `NAME` itself is reported down.
+    pub fn listing(
+        name: impl Into<Arc<str>>,
+        kind: &'static str,
+        start: impl Fn() -> ListingFuture + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            start: Start::Listing(Arc::new(start)),
         }
     }
 }
@@ -94,8 +121,34 @@ pub struct Collector {
 
 #[derive(Debug)]
 struct Slot {
-    source: CollectorSource,
-    coalescer: Arc<Coalescer<HeapSnapshot>>,
+    name: Arc<str>,
+    kind: &'static str,
+    read: SlotRead,
+}
+
+enum SlotRead {
+    Single {
+        start: Arc<dyn Fn() -> SnapshotFuture + Send + Sync>,
+        coalescer: Arc<Coalescer<HeapSnapshot>>,
+    },
+    Listing {
+        start: Arc<dyn Fn() -> ListingFuture + Send + Sync>,
+        coalescer: Arc<Coalescer<Listing>>,
+    },
+}
+
+impl std::fmt::Debug for SlotRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlotRead::Single { .. } => "Single",
+            SlotRead::Listing { .. } => "Listing",
+        })
+    }
+}
+
+enum Waiting {
+    Single(PendingRead<HeapSnapshot>),
+    Listing(PendingRead<Listing>),
 }
 
 impl Collector {
@@ -112,8 +165,18 @@ impl Collector {
         let slots = sources
             .into_iter()
             .map(|source| Slot {
-                source,
-                coalescer: Arc::new(Coalescer::new(policy)),
+                name: source.name,
+                kind: source.kind,
+                read: match source.start {
+                    Start::Single(start) => SlotRead::Single {
+                        start,
+                        coalescer: Arc::new(Coalescer::new(policy)),
+                    },
+                    Start::Listing(start) => SlotRead::Listing {
+                        start,
+                        coalescer: Arc::new(Coalescer::new(policy)),
+                    },
+                },
             })
             .collect();
         Self { slots, telemetry }
@@ -121,46 +184,93 @@ impl Collector {
 
     /// The sources' names and kinds, in configuration order.
     pub fn sources(&self) -> impl Iterator<Item = (&str, &'static str)> {
-        self.slots
-            .iter()
-            .map(|slot| (&*slot.source.name, slot.source.kind))
+        self.slots.iter().map(|slot| (&*slot.name, slot.kind))
     }
 
-    /// Reads every source (or reuses a fresh read) and returns one reading per source, in
-    /// configuration order.
+    /// Reads every source (or reuses a fresh read) and returns the readings in configuration
+    /// order: one per source, or one per enclave of a listing source.
     pub async fn collect(&self) -> Vec<SourceReading> {
-        let pending: Vec<_> = self
-            .slots
-            .iter()
-            .map(|slot| {
-                let telemetry = self.telemetry.clone();
-                let name = Arc::clone(&slot.source.name);
-                slot.coalescer.begin(&*slot.source.start, move |report: ReadReport<'_, HeapSnapshot>| {
+        let waiting: Vec<Waiting> = self.slots.iter().map(|slot| self.begin(slot)).collect();
+        let mut readings = Vec::with_capacity(waiting.len());
+        for (slot, waiting) in self.slots.iter().zip(waiting) {
+            let name = &slot.name;
+            let timed_out = |failure: &ReadFailure| {
+                tracing::warn!(enclave = %name, %failure, "read timed out; no new read of this source starts until it returns");
+                self.telemetry.count_error(name, failure);
+            };
+            match waiting {
+                Waiting::Single(pending) => readings.push(SourceReading {
+                    name: Arc::clone(name),
+                    kind: slot.kind,
+                    outcome: pending.wait(timed_out).await,
+                }),
+                Waiting::Listing(pending) => match pending.wait(timed_out).await {
+                    Ok(listing) => {
+                        readings.extend(listing.into_iter().map(|(enclave, outcome)| {
+                            SourceReading {
+                                name: listed_name(name, &enclave).into(),
+                                kind: slot.kind,
+                                outcome,
+                            }
+                        }))
+                    }
+                    Err(failure) => readings.push(SourceReading {
+                        name: Arc::clone(name),
+                        kind: slot.kind,
+                        outcome: Err(failure),
+                    }),
+                },
+            }
+        }
+        readings
+    }
+
+    fn begin(&self, slot: &Slot) -> Waiting {
+        let telemetry = self.telemetry.clone();
+        let name = Arc::clone(&slot.name);
+        match &slot.read {
+            SlotRead::Single { start, coalescer } => Waiting::Single(coalescer.begin(
+                &**start,
+                move |report: ReadReport<'_, HeapSnapshot>| {
                     telemetry.observe_duration(&name, report.elapsed);
                     if let Err(failure) = report.outcome {
                         if report.first_report {
                             telemetry.count_error(&name, failure);
                         }
-                        tracing::debug!(enclave = %name, %failure, elapsed_ms = report.elapsed.as_millis() as u64, "read failed");
+                        tracing::debug!(enclave = %name, %failure, "read failed");
                     }
-                })
-            })
-            .collect();
-        let mut readings = Vec::with_capacity(pending.len());
-        for (slot, pending) in self.slots.iter().zip(pending) {
-            let name = &slot.source.name;
-            let outcome = pending
-                .wait(|failure| {
-                    tracing::warn!(enclave = %name, %failure, "read timed out; no new read of this source starts until it returns");
-                    self.telemetry.count_error(name, failure);
-                })
-                .await;
-            readings.push(SourceReading {
-                name: Arc::clone(name),
-                kind: slot.source.kind,
-                outcome,
-            });
+                },
+            )),
+            SlotRead::Listing { start, coalescer } => {
+                Waiting::Listing(coalescer.begin(
+                    &**start,
+                    move |report: ReadReport<'_, Listing>| {
+                        telemetry.observe_duration(&name, report.elapsed);
+                        match report.outcome {
+                            Err(failure) => {
+                                if report.first_report {
+                                    telemetry.count_error(&name, failure);
+                                }
+                                tracing::debug!(enclave = %name, %failure, "read failed");
+                            }
+                            // Failures inside a listing were never reported as timeouts: count them.
+                            Ok(listing) => {
+                                for (enclave, outcome) in listing {
+                                    if let Err(failure) = outcome {
+                                        telemetry
+                                            .count_error(&listed_name(&name, enclave), failure);
+                                    }
+                                }
+                            }
+                        }
+                    },
+                ))
+            }
         }
-        readings
     }
+}
+
+/// The `enclave` label of enclave `enclave` in listing source `source`.
+fn listed_name(source: &str, enclave: &str) -> String {
+    format!("{source}/{enclave}")
 }

@@ -31,6 +31,10 @@ pub struct Config {
     pub source_timeout: Duration,
     /// Minimum time between two reads of one source.
     pub source_min_interval: Duration,
+    /// How old a pushed snapshot may be to stand in for a failed ECALL.
+    pub source_push_max_age: Duration,
+    /// CA certificates for https sources.
+    pub source_ca_file: Option<std::path::PathBuf>,
     /// Log threshold.
     pub log_level: LogLevel,
     /// Log format.
@@ -116,6 +120,7 @@ impl Config {
             return Err(ConfigError::ZeroTimeout);
         }
         let source_min_interval = duration("source.min-interval", &cli.source_min_interval)?;
+        let source_push_max_age = duration("source.push-max-age", &cli.source_push_max_age)?;
         let default_simulated_source = cli.source.is_empty();
         let sources = if default_simulated_source {
             vec![SourceDefinition {
@@ -140,6 +145,8 @@ impl Config {
             default_simulated_source,
             source_timeout,
             source_min_interval,
+            source_push_max_age,
+            source_ca_file: cli.source_ca_file.clone(),
             log_level,
             log_format,
         })
@@ -152,12 +159,7 @@ fn parse_sources(values: &[String]) -> Result<Vec<SourceDefinition>, ConfigError
         let (name, url) = value
             .split_once('=')
             .ok_or_else(|| ConfigError::SourceSyntax(value.clone()))?;
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-        if !valid_name {
+        if !enclave_heap_host::agent_protocol::valid_enclave_name(name) {
             return Err(ConfigError::SourceName {
                 value: value.clone(),
                 name: name.to_owned(),
@@ -241,6 +243,8 @@ mod tests {
         ));
         assert_eq!(config.source_timeout, Duration::from_secs(2));
         assert_eq!(config.source_min_interval, Duration::from_secs(1));
+        assert_eq!(config.source_push_max_age, Duration::from_secs(30));
+        assert_eq!(config.source_ca_file, None);
         assert_eq!(config.log_level, LogLevel::Info);
         assert_eq!(config.log_format, LogFormat::Logfmt);
     }
@@ -289,7 +293,19 @@ mod tests {
 
     #[test]
     fn source_durations() {
-        let config = config(&["--source.timeout=200ms", "--source.min-interval=0s"]).unwrap();
+        let config = config(&[
+            "--source.timeout=200ms",
+            "--source.min-interval=0s",
+            "--source.push-max-age=1m",
+            "--source.ca-file=/etc/ccf/service.pem",
+        ])
+        .unwrap();
+        assert_eq!(config.source_push_max_age, Duration::from_secs(60));
+        assert_eq!(
+            config.source_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ccf/service.pem"))
+        );
+        assert!(error(&["--source.push-max-age=soon"]).contains("--source.push-max-age"));
         assert_eq!(config.source_timeout, Duration::from_millis(200));
         assert_eq!(config.source_min_interval, Duration::ZERO);
         assert!(

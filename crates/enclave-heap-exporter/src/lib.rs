@@ -13,14 +13,15 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod exposition;
+pub mod landing;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod sources;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use enclave_heap_host::{OpenError, open_source};
+use enclave_heap_host::OpenError;
 use tokio::net::TcpListener;
 
 use crate::collector::{Collector, CollectorOptions, CollectorSource};
@@ -32,22 +33,22 @@ use crate::metrics::{ExporterMetrics, ProcessMetrics};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A source could not be opened.
-    #[error("source {name:?}: {source}")]
+    #[error("source {name:?}: {cause}")]
     OpenSource {
         /// The source's name.
         name: String,
         /// Why.
-        source: OpenError,
+        cause: OpenError,
     },
     /// A listen address could not be bound.
     #[error(
-        "cannot listen on {address}: {source}; pick another --web.listen-address or stop what uses it"
+        "cannot listen on {address}: {cause}; pick another --web.listen-address or stop what uses it"
     )]
     Bind {
         /// The address.
         address: SocketAddr,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The metrics registry rejected a metric (a bug).
     #[error("registering metrics failed: {0}")]
@@ -81,17 +82,17 @@ impl Exporter {
 
     /// Opens every source of `config` and builds the exporter over them.
     pub fn open(config: &Config) -> Result<Self, StartError> {
-        let mut sources = Vec::with_capacity(config.sources.len());
+        let mut opened = Vec::with_capacity(config.sources.len());
         for definition in &config.sources {
             let source =
-                open_source(&definition.spec).map_err(|source| StartError::OpenSource {
+                sources::open(definition, config).map_err(|cause| StartError::OpenSource {
                     name: definition.name.clone(),
-                    source,
+                    cause,
                 })?;
-            sources.push(CollectorSource::blocking(definition.name.as_str(), source));
+            opened.push(source);
         }
         Self::new(
-            sources,
+            opened,
             CollectorOptions {
                 timeout: config.source_timeout,
                 min_interval: config.source_min_interval,
@@ -120,26 +121,10 @@ impl Exporter {
         Ok(body)
     }
 
-    /// The HTML landing page.
-    pub fn landing_page(&self) -> String {
-        let path = html_escape(&self.telemetry_path);
-        let mut sources = String::new();
-        for (name, kind) in self.collector.sources() {
-            let _ = write!(
-                sources,
-                "<li><code>{}</code>: {}</li>",
-                html_escape(name),
-                kind
-            );
-        }
-        format!(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Enclave Heap Exporter</title></head>\
-             <body><h1>Enclave Heap Exporter</h1><p>Open Enclave heap figures for Prometheus.</p>\
-             <p><a href=\"{path}\">Metrics</a> · <a href=\"/-/healthy\">Health</a> · <a href=\"/-/ready\">Readiness</a></p>\
-             <h2>Sources</h2><ul>{sources}</ul><p>Version {version} ({revision})</p></body></html>\n",
-            version = build_info::VERSION,
-            revision = html_escape(build_info::REVISION),
-        )
+    /// The HTML landing page: every enclave's heap as bars, read like a scrape.
+    pub async fn landing_page(&self) -> String {
+        let readings = self.collector.collect().await;
+        landing::render(&readings, &self.telemetry_path)
     }
 }
 
@@ -149,23 +134,8 @@ pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>, StartErr
     for &address in addresses {
         let listener = TcpListener::bind(address)
             .await
-            .map_err(|source| StartError::Bind { address, source })?;
+            .map_err(|cause| StartError::Bind { address, cause })?;
         listeners.push(listener);
     }
     Ok(listeners)
-}
-
-fn html_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '&' => escaped.push_str("&amp;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "exiting");
+            // One line for the operator; the log would only repeat it.
             eprintln!("enclave-heap-exporter: error: {error:#}");
             ExitCode::FAILURE
         }

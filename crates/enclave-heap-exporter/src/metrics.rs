@@ -19,6 +19,8 @@ pub const MAX_BYTES: &str = "enclave_heap_max_bytes";
 pub const ALLOCATED_BYTES: &str = "enclave_heap_allocated_bytes";
 /// `enclave_heap_peak_allocated_bytes`.
 pub const PEAK_ALLOCATED_BYTES: &str = "enclave_heap_peak_allocated_bytes";
+/// `enclave_heap_snapshot_age_seconds`.
+pub const SNAPSHOT_AGE: &str = "enclave_heap_snapshot_age_seconds";
 /// `enclave_heap_up`.
 pub const UP: &str = "enclave_heap_up";
 /// `enclave_heap_info`.
@@ -33,6 +35,7 @@ pub const BUILD_INFO: &str = "enclave_heap_exporter_build_info";
 const MAX_HELP: &str = "Size of the enclave heap in bytes (oe_mallinfo_t.max_total_heap_size): fixed when the enclave is signed, NumHeapPages x 4096.";
 const ALLOCATED_HELP: &str = "Bytes of the enclave heap allocated now (oe_mallinfo_t.current_allocated_heap_size); OE's default dlmalloc includes chunk headers, and each read's own ECALL buffer.";
 const PEAK_HELP: &str = "Peak bytes of the enclave heap since the enclave started (oe_mallinfo_t.peak_allocated_heap_size). OE's default dlmalloc reports its peak footprint here (memory ever taken from the heap, free chunks included), which can sit well above the peak of enclave_heap_allocated_bytes; snmalloc reports a coarse over-estimate.";
+const SNAPSHOT_AGE_HELP: &str = "Age of the heap figures when scraped: near 0 for a fresh ECALL, up to --source.min-interval for a reused read, and the push's age when an OCALL push stood in for an ECALL that failed with OE_OUT_OF_THREADS.";
 const UP_HELP: &str = "1 if the last read of this enclave's heap succeeded, 0 if it failed or timed out (the heap gauges are then absent).";
 const INFO_HELP: &str =
     "Where an enclave's heap figures come from: source is simulated or openenclave. Always 1.";
@@ -134,6 +137,7 @@ impl ExporterMetrics {
         let mut allocated = family(ALLOCATED_BYTES, ALLOCATED_HELP);
         let mut peak = family(PEAK_ALLOCATED_BYTES, PEAK_HELP);
         let mut up = family(UP, UP_HELP);
+        let mut age = family(SNAPSHOT_AGE, SNAPSHOT_AGE_HELP);
         let mut info = family(INFO, INFO_HELP);
         for reading in readings {
             let enclave = label("enclave", &reading.name);
@@ -153,8 +157,12 @@ impl ExporterMetrics {
                         snapshot.current_allocated_heap_size as f64,
                     ));
                     peak.mut_metric().push(gauge(
-                        vec![enclave],
+                        vec![enclave.clone()],
                         snapshot.peak_allocated_heap_size as f64,
+                    ));
+                    age.mut_metric().push(gauge(
+                        vec![enclave],
+                        snapshot.taken_at.elapsed().as_secs_f64(),
                     ));
                 }
                 Err(_) => up.mut_metric().push(gauge(vec![enclave], 0.0)),
@@ -162,7 +170,7 @@ impl ExporterMetrics {
         }
         let mut families = self.registry.gather();
         families.extend(
-            [max, allocated, peak, up, info]
+            [max, allocated, peak, up, info, age]
                 .into_iter()
                 .filter(|family| !family.get_metric().is_empty()),
         );

@@ -86,7 +86,7 @@ async fn route(exporter: &Exporter, request: Request<Incoming>) -> Response<Full
         }
     } else {
         match path {
-            "/" => html(exporter.landing_page()),
+            "/" => html(exporter.landing_page().await),
             "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
             "/-/ready" => text(StatusCode::OK, "Ready.\n"),
             _ => text(StatusCode::NOT_FOUND, "Not found.\n"),

@@ -69,6 +69,8 @@ fn malformed_sources() {
     assert!(line.contains("unix:///absolute/path"), "{line}");
     let (_, line) = fail(&["--source", "a=sim:?heap_pages=1"]);
     assert!(line.contains("heap_pages"), "{line}");
+    let (_, line) = fail(&["--source", "a=unix:///run/app.sock?enclave=a/b"]);
+    assert!(line.contains("enclave=\"a/b\""), "{line}");
 }
 
 #[test]
@@ -92,14 +94,15 @@ fn port_in_use() {
 }
 
 #[test]
-fn agent_sources_are_not_supported_yet() {
+fn unreadable_ca_file() {
     let (code, line) = fail(&[
         "--web.listen-address=127.0.0.1:0",
+        "--source.ca-file=/no/such/ca.pem",
         "--source",
-        "a=unix:///run/app.sock",
+        "node=https://127.0.0.1:1/node/memory",
     ]);
     assert_eq!(code, 1);
-    assert!(line.contains("not supported yet"), "{line}");
+    assert!(line.contains("/no/such/ca.pem"), "{line}");
 }
 
 #[cfg(not(feature = "openenclave"))]

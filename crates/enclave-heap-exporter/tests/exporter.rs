@@ -266,7 +266,13 @@ fn landing_page_health_readiness_and_unknown_paths() {
         Some("text/html; charset=utf-8")
     );
     assert!(landing.body.contains("<a href=\"/heap\">"));
-    assert!(landing.body.contains("<code>app</code>: simulated"));
+    assert!(
+        landing
+            .body
+            .contains("<h2>app</h2><span class=\"badge sim\">SIMULATED</span>"),
+        "{}",
+        landing.body
+    );
     assert_eq!(exporter.get("/-/healthy").status, 200);
     assert_eq!(exporter.get("/-/ready").status, 200);
     assert_eq!(exporter.get("/heap").status, 200);
@@ -355,4 +361,64 @@ fn promtool_accepts_a_live_scrape() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(complaints.trim().is_empty(), "promtool lint: {complaints}");
+}
+
+#[test]
+fn the_embedded_example_serves_metrics_in_process() {
+    // `cargo test` builds this package's examples next to the test binaries.
+    let example = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("examples/embedded");
+    if !example.exists() {
+        // Only a filtered run (`--test exporter`) skips building examples; build it now.
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "enclave-heap-exporter",
+                "--example",
+                "embedded",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the embedded example failed");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(&example)
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    let response = request(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "GET",
+        "/metrics",
+        &[],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        sample(&response.body, "enclave_heap_max_bytes{enclave=\"app\"}"),
+        Some(1024.0 * 4096.0)
+    );
+    assert_eq!(
+        sample(&response.body, "enclave_heap_up{enclave=\"app\"}"),
+        Some(1.0)
+    );
 }

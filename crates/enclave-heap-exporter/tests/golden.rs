@@ -3,7 +3,8 @@
 //!
 //! The sources are idle simulated enclaves, whose figures are exact: 16 pages (65536 bytes) and
 //! only the read's own 24-byte marshalling buffer allocated. Values that depend on the machine
-//! (read durations, the build's revision and compiler) are replaced by placeholders.
+//! (read durations, snapshot ages, the build's revision and compiler) are replaced by
+//! placeholders.
 //!
 //! Regenerate after an intended change with:
 //! `UPDATE_GOLDEN=1 cargo test -p enclave-heap-exporter --test golden`
@@ -47,6 +48,7 @@ fn normalise(exposition: &str) -> String {
     for line in exposition.lines() {
         let line = if line.starts_with("enclave_heap_read_duration_seconds_bucket")
             || line.starts_with("enclave_heap_read_duration_seconds_sum")
+            || line.starts_with("enclave_heap_snapshot_age_seconds{")
         {
             let (series, _) = line.rsplit_once(' ').unwrap();
             format!("{series} <machine-dependent>")
