@@ -31,6 +31,22 @@ pub struct Cli {
     )]
     pub web_telemetry_path: String,
 
+    /// Path to a web config file (exporter-toolkit's YAML format, as node_exporter reads it)
+    /// that enables TLS, basic auth and extra response headers.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
+
+    /// Most requests handled at once; more get 503 (/-/healthy and /-/ready are not counted).
+    /// 0 means no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = crate::server::MAX_REQUESTS)]
+    pub web_max_requests: usize,
+
+    /// Most connections open at once; further clients wait in the kernel's accept queue until
+    /// one closes (connections that send no request are closed after 10s, idle kept-alive ones
+    /// after 2m).
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = crate::server::MAX_CONNECTIONS)]
+    pub web_max_connections: usize,
+
     /// An enclave to read, as NAME=URL (repeatable). NAME becomes the `enclave` label. URLs:
     /// `sim:[PROFILE][?heap_pages=N&period=D&seed=N&fail=OE_RESULT&delay=D]`,
     /// `oe:///path/enclave.signed[?simulate=1&debug=1]`, `unix:///path/agent.sock[?enclave=NAME|*]`,

@@ -10,6 +10,7 @@ use enclave_heap_host::{PromDuration, SourceSpec};
 
 use crate::cli::Cli;
 use crate::logging::{LogFormat, LogLevel};
+use crate::web_config::{WebConfig, WebConfigError};
 
 /// The name given to the simulated enclave that runs when no `--source` is given.
 pub const DEFAULT_SOURCE_NAME: &str = "sim";
@@ -23,6 +24,14 @@ pub struct Config {
     pub listen_addresses: Vec<SocketAddr>,
     /// Path of the metrics endpoint.
     pub telemetry_path: String,
+    /// `--web.config.file`, if given.
+    pub web_config_file: Option<std::path::PathBuf>,
+    /// TLS, basic auth and headers from that file (the default when none is given).
+    pub web: WebConfig,
+    /// Most requests handled at once, 0 for no limit.
+    pub web_max_requests: usize,
+    /// Most connections open at once.
+    pub web_max_connections: usize,
     /// The enclaves to read, in the order given.
     pub sources: Vec<SourceDefinition>,
     /// True when no `--source` was given and the default simulated enclave stands in.
@@ -64,6 +73,17 @@ pub enum ConfigError {
     /// `--web.telemetry-path` is not a usable path.
     #[error("--web.telemetry-path={0:?}: must start with '/', must not be '/' or under '/-/'")]
     TelemetryPath(String),
+    /// `--web.max-connections` is 0.
+    #[error("--web.max-connections must be at least 1")]
+    ZeroMaxConnections,
+    /// The `--web.config.file` cannot be read or holds a setting that cannot be used.
+    #[error("--web.config.file={}: {source}", .path.display())]
+    WebConfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the key.
+        source: WebConfigError,
+    },
     /// A duration flag is malformed.
     #[error("--{flag}: {source}")]
     Duration {
@@ -115,6 +135,16 @@ impl Config {
         {
             return Err(ConfigError::TelemetryPath(telemetry_path));
         }
+        let web = match &cli.web_config_file {
+            Some(path) => WebConfig::load(path).map_err(|source| ConfigError::WebConfig {
+                path: path.clone(),
+                source,
+            })?,
+            None => WebConfig::default(),
+        };
+        if cli.web_max_connections == 0 {
+            return Err(ConfigError::ZeroMaxConnections);
+        }
         let source_timeout = duration("source.timeout", &cli.source_timeout)?;
         if source_timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
@@ -141,6 +171,10 @@ impl Config {
         Ok(Self {
             listen_addresses,
             telemetry_path,
+            web_config_file: cli.web_config_file.clone(),
+            web,
+            web_max_requests: cli.web_max_requests,
+            web_max_connections: cli.web_max_connections,
             sources,
             default_simulated_source,
             source_timeout,
@@ -322,5 +356,18 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         assert!(error(&["--log.level=loud"]).contains("--log.level=\"loud\""));
         assert!(error(&["--log.format=xml"]).contains("--log.format=\"xml\""));
+    }
+
+    #[test]
+    fn web_limits() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.web_max_requests, 40);
+        assert_eq!(defaults.web_max_connections, 512);
+        let config = config(&["--web.max-requests=0", "--web.max-connections=8"]).unwrap();
+        assert_eq!(config.web_max_requests, 0);
+        assert_eq!(config.web_max_connections, 8);
+        assert!(error(&["--web.max-connections=0"]).contains("--web.max-connections"));
+        let cli = Cli::try_parse_from(["enclave-heap-exporter", "--web.max-requests=-1"]);
+        assert!(cli.is_err());
     }
 }

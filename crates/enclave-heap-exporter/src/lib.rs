@@ -2,12 +2,14 @@
 //!
 //! The daemon's parts, in the order data flows through them: [`config`] (flags, validated),
 //! sources (from `enclave-heap-host`), the [`collector`] that reads them at scrape time, the
-//! [`metrics`] they become, their [`exposition`] on the wire, and the HTTP [`server`].
+//! [`metrics`] they become, their [`exposition`] on the wire, and the HTTP [`server`], guarded
+//! by the [`web_config`] ([`tls`], basic [`auth`], extra headers).
 //!
 //! A Rust host can run the exporter in-process over its own sources (embedded mode): build an
 //! [`Exporter`] with [`Exporter::new`] and pass it to [`server::serve`].
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod build_info;
 pub mod cli;
 pub mod collector;
@@ -18,6 +20,8 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod sources;
+pub mod tls;
+pub mod web_config;
 
 use std::net::SocketAddr;
 

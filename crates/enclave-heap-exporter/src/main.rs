@@ -77,6 +77,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "no --source given: exporting a SIMULATED enclave, not a real one (enclave_heap_info{{source=\"simulated\"}})"
         );
     }
+    if let Some(path) = &config.web_config_file {
+        config.web.log_summary(path);
+    }
     let listeners = bind(&config.listen_addresses).await?;
     for listener in &listeners {
         let address = listener.local_addr().context("reading the bound address")?;
@@ -85,7 +88,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     for definition in &config.sources {
         tracing::info!(enclave = %definition.name, url = %definition.spec.url(), "source");
     }
-    server::serve(Arc::new(exporter), listeners, shutdown_signal()).await?;
+    server::serve_with_web_config(
+        Arc::new(exporter),
+        listeners,
+        config.web.clone(),
+        server::ServerLimits {
+            max_connections: config.web_max_connections,
+            max_requests: config.web_max_requests,
+        },
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

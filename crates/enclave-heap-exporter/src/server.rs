@@ -19,29 +19,95 @@ use tokio::net::TcpListener;
 
 use crate::Exporter;
 use crate::exposition::Format;
+use crate::web_config::WebConfig;
 
-/// Most connections served at once; further clients wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 512;
-/// How long a client may take to send its request headers.
+/// Default `--web.max-connections`: most connections open at once; further clients wait in the
+/// kernel's accept queue until one closes.
+pub const MAX_CONNECTIONS: usize = http_server::DEFAULT_MAX_CONNECTIONS;
+/// Default `--web.max-requests`: most requests handled at once (0: no limit); more get 503.
+/// `/-/healthy` and `/-/ready` are not counted.
+pub const MAX_REQUESTS: usize = http_server::DEFAULT_MAX_REQUESTS;
+/// How long a client may take to send a request head (from connecting, or from the first byte
+/// of its next request on a kept-alive connection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a kept-alive connection may stay idle between requests (see
+/// `enclave_heap_host::http_server::DEFAULT_IDLE_TIMEOUT` for the choice).
+pub const IDLE_TIMEOUT: Duration = http_server::DEFAULT_IDLE_TIMEOUT;
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `exporter` on `listeners` until `shutdown` completes, then drains.
+/// Serves `exporter` on `listeners` until `shutdown` completes, then drains. Plain HTTP, no
+/// authentication: [`serve_with_web_config`] adds TLS and basic auth.
 pub async fn serve(
     exporter: Arc<Exporter>,
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let listeners = listeners.into_iter().map(Listener::Tcp).collect();
-    let handler = move |request| {
+    serve_with_web_config(
+        exporter,
+        listeners,
+        WebConfig::default(),
+        ServerLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// `--web.max-connections` and `--web.max-requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Most connections open at once (at least 1).
+    pub max_connections: usize,
+    /// Most requests handled at once, 0 for no limit.
+    pub max_requests: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            max_requests: MAX_REQUESTS,
+        }
+    }
+}
+
+/// [`serve`] behind a `--web.config.file`: TLS on every listener when it configures a
+/// certificate, then per request its rate limit and basic auth (not on `/-/healthy` and
+/// `/-/ready`), and its extra headers on every response.
+pub async fn serve_with_web_config(
+    exporter: Arc<Exporter>,
+    listeners: Vec<TcpListener>,
+    web: WebConfig,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listeners = listeners
+        .into_iter()
+        .map(|listener| match web.tls() {
+            Some(tls) => tls.listener(listener),
+            None => Listener::Tcp(listener),
+        })
+        .collect();
+    let web = Arc::new(web);
+    let handler = move |request: Request<Incoming>| {
         let exporter = Arc::clone(&exporter);
-        async move { route(&exporter, request).await }
+        let web = Arc::clone(&web);
+        async move {
+            let mut response = match web.refusal(&request).await {
+                None => route(&exporter, request).await,
+                Some(refusal) => refusal,
+            };
+            web.decorate(&mut response);
+            response
+        }
     };
     let options = ServeOptions {
-        max_connections: MAX_CONNECTIONS,
+        max_connections: limits.max_connections,
+        max_requests: limits.max_requests,
         header_read_timeout: HEADER_READ_TIMEOUT,
+        idle_timeout: IDLE_TIMEOUT,
         drain_timeout: DRAIN_TIMEOUT,
+        ..ServeOptions::default()
     };
     http_server::serve(listeners, handler, options, shutdown).await;
     Ok(())
