@@ -58,6 +58,7 @@ fn agent(socket: &Path, enclaves: &[(&str, &str)]) -> AgentServer {
                 timeout: Duration::from_secs(2),
                 min_interval: Duration::ZERO,
             },
+            ..AgentConfig::default()
         },
         enclaves,
     )

@@ -21,7 +21,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use enclave_heap_host::agent::{AgentConfig, AgentEnclave, AgentError, AgentServer, AgentSocket};
+use enclave_heap_host::agent::{
+    AgentConfig, AgentEnclave, AgentError, AgentServer, AgentSocket, AllowedPeers,
+    SocketDirectoryCheck,
+};
 use enclave_heap_host::sim::Profile;
 use enclave_heap_host::{PromDuration, SourceSpec, open_source};
 use tokio::signal::unix::{SignalKind, signal};
@@ -39,6 +42,18 @@ struct Flags {
     /// Give the socket mode 0660 and this group (a numeric gid), instead of 0600.
     #[arg(long, value_name = "GID")]
     socket_group: Option<u32>,
+    /// Serve only socket peers with this uid (checked with SO_PEERCRED); repeatable. With
+    /// --allow-gid, a peer matching either list is served. Default: any peer the socket's mode
+    /// lets connect.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Serve only socket peers whose primary group is this gid; repeatable (see --allow-uid).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gids: Vec<u32>,
+    /// Refuse a socket directory that any user may write to without the sticky bit, instead of
+    /// warning about it (a Kubernetes emptyDir is such a directory).
+    #[arg(long)]
+    strict_socket_dir: bool,
     /// Name of the first enclave (the one `/node/memory` answers for).
     #[arg(long, value_name = "NAME", default_value = "sim")]
     name: String,
@@ -175,13 +190,23 @@ fn run(flags: Flags) -> Result<(), Failure> {
             group: flags.socket_group,
         }),
         tcp: flags.tcp,
+        allowed_peers: AllowedPeers {
+            uids: flags.allow_uids,
+            gids: flags.allow_gids,
+        },
+        socket_directory: if flags.strict_socket_dir {
+            SocketDirectoryCheck::Strict
+        } else {
+            SocketDirectoryCheck::Owner
+        },
         ..AgentConfig::default()
     };
     let server = AgentServer::start(config, enclaves).map_err(|error| match error {
         AgentError::NoListener
         | AgentError::NoEnclaves
         | AgentError::EnclaveName(_)
-        | AgentError::DuplicateEnclave(_) => Failure::Usage(error.into()),
+        | AgentError::DuplicateEnclave(_)
+        | AgentError::PeersOverTcp => Failure::Usage(error.into()),
         // AgentError's message already includes its OS error: do not chain it a second time.
         other => Failure::Run(anyhow::anyhow!("cannot start the agent: {other}")),
     })?;

@@ -82,9 +82,10 @@ extern "C" {
 /** Not allowed now: adding an enclave after start, starting twice or after stop, starting with
  *  no enclave. */
 #define ENCLAVE_HEAP_ERR_STATE (-3)
-/** The agent could not start: the socket (its directory must exist; another live agent may be
- *  on it) or the TCP address could not be bound, or its thread could not be created. The agent
- *  is unchanged: fix the cause and call enclave_heap_agent_start again, or free it. */
+/** The agent could not start: the socket (its directory must exist and be owned by the host's
+ *  user or root; another live agent may be on it) or the TCP address could not be bound, or its
+ *  thread could not be created. The agent is unchanged: fix the cause and call
+ *  enclave_heap_agent_start again, or free it. */
 #define ENCLAVE_HEAP_ERR_START (-4)
 /** enclave_heap_agent_push: no enclave of that name was added. */
 #define ENCLAVE_HEAP_ERR_UNKNOWN_ENCLAVE (-5)
@@ -182,14 +183,32 @@ int enclave_heap_agent_add_enclave(enclave_heap_agent* agent, const char* name,
                                    enclave_heap_read_fn read, void* context);
 
 /**
+ * Restricts who is served on the socket by the credentials the kernel records when a peer
+ * connects (SO_PEERCRED): once any uid or gid is allowed, only a peer whose uid is an allowed uid
+ * or whose primary gid is an allowed gid is served; any other gets HTTP 403 and its connection is
+ * closed, logged once per (uid, gid). With none allowed (the default), every peer that the
+ * socket's mode lets connect is served. Supplementary groups count for the mode only, so allow
+ * the exporter's uid when it reaches a 0660 socket through a supplementary group. Peer checks
+ * need the Unix socket only: enclave_heap_agent_start fails with ENCLAVE_HEAP_ERR_INVALID when a
+ * tcp_address is set too. Only before enclave_heap_agent_start; adding an id twice is harmless.
+ *
+ * Returns ENCLAVE_HEAP_OK, or ENCLAVE_HEAP_ERR_NULL, ENCLAVE_HEAP_ERR_STATE (already started).
+ * Thread-safe.
+ */
+int enclave_heap_agent_allow_peer_uid(enclave_heap_agent* agent, uint32_t uid);
+
+/** As enclave_heap_agent_allow_peer_uid, for a peer's primary group id. */
+int enclave_heap_agent_allow_peer_gid(enclave_heap_agent* agent, uint32_t gid);
+
+/**
  * Binds the socket and/or TCP address and starts serving on the agent's own threads; returns
  * once it is listening. Whatever this thread's signal mask, the agent's threads block
  * asynchronous signals (see enclave_heap_read_fn), so SIGPIPE from a client that hangs up never
  * reaches the host and SIGTERM/SIGINT go to the host's own threads.
  *
  * Returns ENCLAVE_HEAP_OK, or ENCLAVE_HEAP_ERR_NULL, ENCLAVE_HEAP_ERR_STATE (already started or
- * stopped, or no enclave added), ENCLAVE_HEAP_ERR_START (cannot bind; the agent may be started
- * again).
+ * stopped, or no enclave added), ENCLAVE_HEAP_ERR_INVALID (allowed peers with a tcp_address),
+ * ENCLAVE_HEAP_ERR_START (cannot bind; the agent may be started again).
  * Thread-safe.
  */
 int enclave_heap_agent_start(enclave_heap_agent* agent);

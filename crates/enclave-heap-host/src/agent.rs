@@ -16,14 +16,34 @@
 //! stale socket left by a dead process (connecting is refused) is replaced; a live one
 //! (something answers on it) is an error, and so is one we cannot probe. The file is removed when
 //! the agent stops or is dropped, if it is still ours.
+//!
+//! # Who may connect
+//! - **The directory** is checked before binding ([`SocketDirectoryCheck`]). A directory owned by
+//!   another user than the agent's (or root) is refused: its owner could replace the socket with
+//!   one of their own at any time, so a sidecar would read figures from an impostor. A directory
+//!   that others may write to without the sticky bit (`/tmp` has it) allows the same to anyone:
+//!   [`SocketDirectoryCheck::Strict`] refuses it, the default [`SocketDirectoryCheck::Owner`]
+//!   logs a warning, because that is how Kubernetes creates `emptyDir` volumes (mode 0777, or
+//!   2777 with an `fsGroup`), where only the pod's own containers can reach the directory.
+//! - **The file mode** (0600, or 0660 and a group) is the first gate: the kernel checks it at
+//!   `connect`, against every group of the peer, supplementary ones included.
+//! - **The peer's credentials** (`SO_PEERCRED`: the uid and primary gid it connected with) are the
+//!   second, optional gate: with [`AgentConfig::allowed_peers`] set, a peer whose uid is not
+//!   listed and whose gid is not listed gets `403 Forbidden` and its connection is closed; the
+//!   refusal is logged once per (uid, gid), for at most [`MAX_LOGGED_REFUSED_PEERS`] of them. The
+//!   lists are empty by default, admitting any peer the file mode admits: `SO_PEERCRED` reports
+//!   only the primary group, so a default of "our uid and the socket's group" would refuse the
+//!   usual sidecar, which reaches a 0660 socket through a supplementary group (a pod's
+//!   `fsGroup`). TCP has no peer credentials, so allowed peers and a TCP listener together are
+//!   refused at start.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -39,7 +59,7 @@ use crate::agent_protocol::{
 };
 use crate::coalesce::{Coalescer, ReadPolicy, read_blocking};
 use crate::error::ReadFailure;
-use crate::http_server::{self, Listener, ServeOptions};
+use crate::http_server::{self, Listener, Peer, ServeOptions, UnixPeer};
 use crate::snapshot::{HeapSnapshot, SnapshotOrigin};
 use crate::source::HeapSource;
 
@@ -52,6 +72,11 @@ pub struct AgentConfig {
     pub tcp: Option<SocketAddr>,
     /// Timeout and minimum interval of enclave reads.
     pub policy: ReadPolicy,
+    /// Which peers of the Unix socket are served, by their `SO_PEERCRED` credentials. Empty (the
+    /// default): every peer the socket's file mode lets connect.
+    pub allowed_peers: AllowedPeers,
+    /// How the socket's directory is checked before binding.
+    pub socket_directory: SocketDirectoryCheck,
 }
 
 impl Default for AgentConfig {
@@ -60,9 +85,49 @@ impl Default for AgentConfig {
             socket: None,
             tcp: None,
             policy: DEFAULT_AGENT_POLICY,
+            allowed_peers: AllowedPeers::default(),
+            socket_directory: SocketDirectoryCheck::default(),
         }
     }
 }
+
+/// The peers of the agent's Unix socket that are served: a peer is admitted when its uid is in
+/// `uids` or its gid in `gids`. Both empty: every peer (the file mode still applies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedPeers {
+    /// User ids admitted.
+    pub uids: Vec<u32>,
+    /// Group ids admitted, compared with the peer's primary group (the only one `SO_PEERCRED`
+    /// reports; supplementary groups count for the file mode only).
+    pub gids: Vec<u32>,
+}
+
+impl AllowedPeers {
+    /// True when no list is set and every peer is admitted.
+    pub fn is_unrestricted(&self) -> bool {
+        self.uids.is_empty() && self.gids.is_empty()
+    }
+
+    /// Whether a peer with these credentials is served.
+    pub fn admits(&self, peer: &UnixPeer) -> bool {
+        self.is_unrestricted() || self.uids.contains(&peer.uid) || self.gids.contains(&peer.gid)
+    }
+}
+
+/// How the directory of the agent's socket is checked before binding (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SocketDirectoryCheck {
+    /// Refuse a directory owned by another user than the agent's or root; warn about one that
+    /// others may write to without the sticky bit (a Kubernetes `emptyDir` is one).
+    #[default]
+    Owner,
+    /// Refuse both: for hosts where the directory is shared with other local users.
+    Strict,
+}
+
+/// At most this many refused (uid, gid) pairs are remembered, so that each is logged once;
+/// refusals beyond them are logged at debug level.
+pub const MAX_LOGGED_REFUSED_PEERS: usize = 256;
 
 /// The agent's default read policy: answer within 2 s, read each enclave at most once a second.
 pub const DEFAULT_AGENT_POLICY: ReadPolicy = ReadPolicy {
@@ -130,6 +195,21 @@ pub enum AgentError {
     /// The agent's thread or runtime could not start.
     #[error("cannot start the agent thread: {0}")]
     Thread(io::Error),
+    /// The socket's directory would let someone else replace the socket.
+    #[error(
+        "{directory}: {problem}; put the socket in a directory that only the agent's user (or root) can change"
+    )]
+    InsecureDirectory {
+        /// The directory.
+        directory: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Allowed peers were given together with a TCP listener, which has no peer credentials.
+    #[error(
+        "allowed peer uids/gids need a Unix socket: TCP has no peer credentials to check; serve on TCP without allowed peers, or on the Unix socket only"
+    )]
+    PeersOverTcp,
 }
 
 /// A running agent. Stop it with [`stop`](Self::stop); dropping it stops it too.
@@ -152,6 +232,19 @@ struct OwnedSocket {
 
 struct AgentState {
     enclaves: Vec<ServedEnclave>,
+    peers: PeerGate,
+}
+
+/// Admits or refuses each request's peer, and logs each refused (uid, gid) once.
+struct PeerGate {
+    allowed: AllowedPeers,
+    refused: Mutex<RefusedPeers>,
+}
+
+#[derive(Default)]
+struct RefusedPeers {
+    logged: HashSet<(u32, u32)>,
+    overflow_logged: bool,
 }
 
 struct ServedEnclave {
@@ -169,6 +262,9 @@ impl AgentServer {
         }
         if enclaves.is_empty() {
             return Err(AgentError::NoEnclaves);
+        }
+        if !config.allowed_peers.is_unrestricted() && config.tcp.is_some() {
+            return Err(AgentError::PeersOverTcp);
         }
         let enclave_count = enclaves.len();
         let mut names = HashSet::new();
@@ -193,6 +289,7 @@ impl AgentServer {
         let tcp_address = tcp.as_ref().and_then(|listener| listener.local_addr().ok());
         let (unix, socket) = match &config.socket {
             Some(socket) => {
+                check_directory(&socket.path, config.socket_directory)?;
                 let (listener, owned) = bind_socket(socket)?;
                 (Some(listener), Some(owned))
             }
@@ -234,6 +331,10 @@ impl AgentServer {
                     coalescer: Arc::new(Coalescer::new(config.policy)),
                 })
                 .collect(),
+            peers: PeerGate {
+                allowed: config.allowed_peers.clone(),
+                refused: Mutex::new(RefusedPeers::default()),
+            },
         });
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -246,8 +347,12 @@ impl AgentServer {
                     };
                     let options = ServeOptions {
                         max_connections: 64,
+                        // HTTP/1.1 handles one request at a time per connection, so the
+                        // connection cap bounds requests too, and reads are coalesced per enclave.
+                        max_requests: 0,
                         header_read_timeout: Duration::from_secs(5),
                         drain_timeout: Duration::from_secs(5),
+                        ..ServeOptions::default()
                     };
                     http_server::serve(listeners, handler, options, async {
                         let _ = shutdown_signal.await;
@@ -311,6 +416,127 @@ impl Drop for OwnedSocket {
             }
         }
     }
+}
+
+impl PeerGate {
+    /// `None` for an admitted peer; for any other, the answer to send (403, closing the
+    /// connection).
+    fn refusal(&self, peer: Option<&Peer>) -> Option<Response<Full<Bytes>>> {
+        if self.allowed.is_unrestricted() {
+            return None;
+        }
+        let credentials = match peer {
+            Some(Peer::Unix(Some(credentials))) if self.allowed.admits(credentials) => {
+                return None;
+            }
+            Some(Peer::Unix(Some(credentials))) => Some(*credentials),
+            // Unreachable with the checks in `start` (no TCP with allowed peers), but a peer
+            // that cannot be identified is never admitted.
+            _ => None,
+        };
+        self.log_refusal(credentials);
+        let message = match credentials {
+            Some(peer) => format!(
+                "peer uid {} gid {} may not read this agent: its uid and gid are not among the agent's allowed peers",
+                peer.uid, peer.gid
+            ),
+            None => {
+                "the peer's credentials are unknown: this agent serves only allowed uids and gids"
+                    .to_owned()
+            }
+        };
+        let mut response = error_response(StatusCode::FORBIDDEN, "forbidden", None, &message);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(response)
+    }
+
+    fn log_refusal(&self, peer: Option<UnixPeer>) {
+        let (uid, gid) = peer.map_or((u32::MAX, u32::MAX), |peer| (peer.uid, peer.gid));
+        let pid = peer.and_then(|peer| peer.pid);
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if refused.logged.contains(&(uid, gid)) {
+            return;
+        }
+        if refused.logged.len() >= MAX_LOGGED_REFUSED_PEERS {
+            if !std::mem::replace(&mut refused.overflow_logged, true) {
+                tracing::warn!(
+                    limit = MAX_LOGGED_REFUSED_PEERS,
+                    "refused peers from many different uids and gids; further ones are logged at debug level"
+                );
+            }
+            tracing::debug!(uid, gid, ?pid, "refused a peer on the agent socket");
+            return;
+        }
+        refused.logged.insert((uid, gid));
+        drop(refused);
+        match peer {
+            Some(_) => tracing::warn!(
+                uid,
+                gid,
+                ?pid,
+                allowed_uids = ?self.allowed.uids,
+                allowed_gids = ?self.allowed.gids,
+                "refused a peer on the agent socket: neither its uid nor its gid is allowed (logged once per uid and gid)"
+            ),
+            None => tracing::warn!(
+                "refused a peer on the agent socket: its credentials could not be read (logged once)"
+            ),
+        }
+    }
+}
+
+/// Refuses a socket directory that would let someone else replace the socket (see the module
+/// docs). A missing directory is left for `bind` to report.
+fn check_directory(path: &Path, check: SocketDirectoryCheck) -> Result<(), AgentError> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let refuse = |problem: String| AgentError::InsecureDirectory {
+        directory: directory.to_owned(),
+        problem,
+    };
+    let meta = match std::fs::metadata(directory) {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(AgentError::Socket {
+                path: path.to_owned(),
+                action: "cannot inspect the socket's directory",
+                cause: error,
+            });
+        }
+    };
+    if !meta.is_dir() {
+        return Err(refuse("the socket's parent is not a directory".to_owned()));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let our_uid = unsafe { libc::geteuid() };
+    if meta.uid() != our_uid && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "the socket's directory is owned by uid {}, neither the agent's user (uid {our_uid}) nor root, and its owner could replace the socket",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        match check {
+            SocketDirectoryCheck::Strict => {
+                return Err(refuse(format!(
+                    "the socket's directory (mode {:04o}) may be written by any user and has no sticky bit, so anyone could replace the socket",
+                    mode & 0o7777
+                )));
+            }
+            SocketDirectoryCheck::Owner => tracing::warn!(
+                directory = %directory.display(),
+                mode = format!("{:04o}", mode & 0o7777),
+                "the agent socket's directory may be written by any user and has no sticky bit: anyone who can reach it could replace the socket (fine for a Kubernetes emptyDir, which only the pod sees; elsewhere use a private directory)"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Distinguishes the temporary names of agents started at the same time in one process.
@@ -418,6 +644,9 @@ fn bind_socket(
 }
 
 async fn route(state: &AgentState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(refusal) = state.peers.refusal(request.extensions().get::<Peer>()) {
+        return refusal;
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = error_response(
             StatusCode::METHOD_NOT_ALLOWED,

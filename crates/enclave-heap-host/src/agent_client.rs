@@ -860,14 +860,20 @@ fn require_object(body: &[u8], what: &str) -> Result<(), AgentReadError> {
     }
 }
 
-fn parse_memory_report(body: &[u8]) -> Result<MemoryReport, AgentReadError> {
+/// Parses an answer body as a [`MemoryReport`], as a read does: a JSON object whose three heap
+/// fields are integers that fit a `u64`; anything else is [`AgentReadError::InvalidResponse`]
+/// with a clipped message. Public for property tests and fuzz targets.
+pub fn parse_memory_report(body: &[u8]) -> Result<MemoryReport, AgentReadError> {
     require_object(body, "a heap report")?;
     serde_json::from_slice(body).map_err(|error| {
         AgentReadError::InvalidResponse(clip(format!("not a heap report: {error}")))
     })
 }
 
-fn parse_enclave_list(body: &[u8]) -> Result<EnclaveList, AgentReadError> {
+/// Parses an answer body as an [`EnclaveList`], entry by entry, as a listing read does; a bad
+/// entry is [`AgentReadError::InvalidResponse`] naming its index. Public for property tests and
+/// fuzz targets.
+pub fn parse_enclave_list(body: &[u8]) -> Result<EnclaveList, AgentReadError> {
     #[derive(Deserialize)]
     struct RawEnclaveList {
         enclaves: Vec<serde_json::Value>,

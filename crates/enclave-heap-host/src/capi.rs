@@ -42,7 +42,8 @@ use std::time::Duration;
 use openenclave_sys::{OE_UNEXPECTED, oe_mallinfo_t};
 
 use crate::agent::{
-    AgentConfig, AgentEnclave, AgentError, AgentServer, AgentSocket, DEFAULT_AGENT_POLICY,
+    AgentConfig, AgentEnclave, AgentError, AgentServer, AgentSocket, AllowedPeers,
+    DEFAULT_AGENT_POLICY,
 };
 use crate::agent_protocol::valid_enclave_name;
 use crate::coalesce::ReadPolicy;
@@ -142,6 +143,8 @@ pub struct enclave_heap_agent_options {
 /// [`enclave_heap_agent_free`].
 pub struct enclave_heap_agent {
     config: AgentConfig,
+    /// Added by `enclave_heap_agent_allow_peer_*` before start; replaces `config.allowed_peers`.
+    allowed_peers: Mutex<AllowedPeers>,
     push_max_age: Duration,
     /// Registered enclaves. Written only before start; pushes read it from any thread.
     enclaves: RwLock<Vec<Registered>>,
@@ -431,8 +434,10 @@ unsafe fn agent_from_options(
                     DEFAULT_AGENT_POLICY.min_interval,
                 ),
             },
+            ..AgentConfig::default()
         },
         push_max_age: milliseconds(options.push_max_age_ms, DEFAULT_PUSH_MAX_AGE),
+        allowed_peers: Mutex::new(AllowedPeers::default()),
         enclaves: RwLock::new(Vec::new()),
         lifecycle: Mutex::new(Lifecycle::NotStarted),
     })
@@ -547,6 +552,72 @@ pub unsafe extern "C" fn enclave_heap_agent_add_enclave(
     })
 }
 
+/// Which list an `enclave_heap_agent_allow_peer_*` call adds to.
+enum PeerList {
+    Uid,
+    Gid,
+}
+
+/// Adds `id` to the agent's allowed peer uids or gids. Only before start.
+///
+/// # Safety
+/// `agent` is NULL or a live handle.
+unsafe fn allow_peer(agent: *mut enclave_heap_agent, list: PeerList, id: u32) -> c_int {
+    ffi_status(|| {
+        // SAFETY: the caller guarantees NULL or a live handle.
+        let agent = unsafe { agent_ref(agent) }?;
+        let lifecycle = agent
+            .lifecycle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !matches!(*lifecycle, Lifecycle::NotStarted) {
+            return Err(Failure::new(
+                ENCLAVE_HEAP_ERR_STATE,
+                "allowed peers can only be added before the agent starts",
+            ));
+        }
+        let mut allowed = agent
+            .allowed_peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ids = match list {
+            PeerList::Uid => &mut allowed.uids,
+            PeerList::Gid => &mut allowed.gids,
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        Ok(())
+    })
+}
+
+/// Serves socket peers whose uid (`SO_PEERCRED`) is `uid`; with any uid or gid allowed, other
+/// peers get 403. Only before start.
+///
+/// # Safety
+/// `agent` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn enclave_heap_agent_allow_peer_uid(
+    agent: *mut enclave_heap_agent,
+    uid: u32,
+) -> c_int {
+    // SAFETY: passed on under the same contract.
+    unsafe { allow_peer(agent, PeerList::Uid, uid) }
+}
+
+/// Serves socket peers whose primary gid (`SO_PEERCRED`) is `gid`. Only before start.
+///
+/// # Safety
+/// `agent` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn enclave_heap_agent_allow_peer_gid(
+    agent: *mut enclave_heap_agent,
+    gid: u32,
+) -> c_int {
+    // SAFETY: passed on under the same contract.
+    unsafe { allow_peer(agent, PeerList::Gid, gid) }
+}
+
 /// Blocks asynchronous signals in the calling thread while it lives, so threads spawned
 /// meanwhile (the agent's thread, which then spawns the blocking threads that run the
 /// callbacks) inherit the mask; restores the previous mask when dropped.
@@ -641,13 +712,22 @@ pub unsafe extern "C" fn enclave_heap_agent_start(agent: *mut enclave_heap_agent
                 "no enclave added: call enclave_heap_agent_add_enclave before starting",
             ));
         }
+        let config = AgentConfig {
+            allowed_peers: agent
+                .allowed_peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            ..agent.config.clone()
+        };
         let signals = AgentThreadSignals::block();
-        let started = AgentServer::start(agent.config.clone(), enclaves);
+        let started = AgentServer::start(config, enclaves);
         drop(signals);
         let code = |error: &AgentError| match error {
             AgentError::NoListener
             | AgentError::EnclaveName(_)
-            | AgentError::DuplicateEnclave(_) => ENCLAVE_HEAP_ERR_INVALID,
+            | AgentError::DuplicateEnclave(_)
+            | AgentError::PeersOverTcp => ENCLAVE_HEAP_ERR_INVALID,
             AgentError::NoEnclaves => ENCLAVE_HEAP_ERR_STATE,
             _ => ENCLAVE_HEAP_ERR_START,
         };

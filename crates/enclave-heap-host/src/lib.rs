@@ -22,6 +22,8 @@
 //! [`OeResult::check`].
 #![deny(missing_docs)]
 
+#[cfg(any(feature = "openenclave", test))]
+mod abort_recovery;
 pub mod agent;
 pub mod agent_client;
 pub mod agent_protocol;

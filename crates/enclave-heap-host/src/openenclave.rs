@@ -4,11 +4,15 @@
 //! `enclave-heap-trusted/edl/enclave_heap.edl` in `build.rs`; this module only declares and calls
 //! them. The enclave must be built with our EDL as its top-level EDL (or import it and export the
 //! same ECALL); the application's own enclaves are read through the agent instead.
+//!
+//! An enclave that aborts (`OE_ENCLAVE_ABORTING`, `OE_ENCLAVE_ABORTED`) is terminated and
+//! re-created from its image with backoff; see [`crate::abort_recovery`] for why and when.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::Instant;
 
 use openenclave_sys::{
     OE_ENCLAVE_FLAG_DEBUG, OE_ENCLAVE_FLAG_SIMULATE, OE_ENCLAVE_TYPE_AUTO, OE_FAILURE,
@@ -16,6 +20,7 @@ use openenclave_sys::{
     oe_result_t, oe_terminate_enclave,
 };
 
+use crate::abort_recovery::{RecreateBackoff, is_abort};
 use crate::error::{OeResult, OpenError, ReadError};
 use crate::push::PushSlot;
 use crate::snapshot::{HeapSnapshot, SnapshotOrigin};
@@ -67,61 +72,40 @@ pub unsafe extern "C" fn enclave_heap_ocall_push_mallinfo(info: *const oe_mallin
     PROCESS_PUSHES.push(info);
 }
 
-/// A real enclave created through the OE SDK; terminated on drop.
+/// A real enclave created through the OE SDK; terminated on drop, and re-created (with backoff)
+/// when it aborts.
 #[derive(Debug)]
 pub struct OeEnclaveSource {
-    enclave: NonNull<oe_enclave_t>,
+    slot: Mutex<EnclaveSlot>,
     config: OeEnclaveConfig,
+}
+
+/// The live enclave, or the aborted one's result and when to try again.
+#[derive(Debug)]
+struct EnclaveSlot {
+    enclave: Option<NonNull<oe_enclave_t>>,
+    /// What the last abort returned: reads fail with it until a new enclave is up.
+    aborted_with: OeResult,
+    backoff: RecreateBackoff,
 }
 
 // SAFETY: an OE enclave handle may be used from any host thread; the SDK serialises what needs
 // serialising and hands each concurrent ECALL its own TCS (or fails with OE_OUT_OF_THREADS).
 unsafe impl Send for OeEnclaveSource {}
-// SAFETY: see `Send`; `read` only passes the handle to the SDK.
+// SAFETY: see `Send`; the handle is only reached through the mutex, and `read` only passes it to
+// the SDK.
 unsafe impl Sync for OeEnclaveSource {}
 
 impl OeEnclaveSource {
     /// Creates the enclave that `config` names.
     pub fn create(config: &OeEnclaveConfig) -> Result<Self, OpenError> {
-        let image_error = |cause| OpenError::EnclaveImage {
-            path: config.path.clone(),
-            cause,
-        };
-        std::fs::File::open(&config.path).map_err(image_error)?;
-        let path = CString::new(config.path.as_os_str().as_bytes()).map_err(|_| {
-            image_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the path contains a NUL byte",
-            ))
-        })?;
-        let mut flags = 0;
-        if config.debug {
-            flags |= OE_ENCLAVE_FLAG_DEBUG;
-        }
-        if config.simulate {
-            flags |= OE_ENCLAVE_FLAG_SIMULATE;
-        }
-        let mut enclave = ptr::null_mut();
-        // SAFETY: `path` is a NUL-terminated string that outlives the call, no settings are
-        // passed, and `enclave` is a valid out-pointer.
-        let result = unsafe {
-            oe_create_enclave_heap_enclave(
-                path.as_ptr(),
-                OE_ENCLAVE_TYPE_AUTO,
-                flags,
-                ptr::null(),
-                0,
-                &mut enclave,
-            )
-        };
-        let create_error = |result| OpenError::CreateEnclave {
-            path: config.path.clone(),
-            result,
-        };
-        OeResult::check(result).map_err(create_error)?;
-        let enclave = NonNull::new(enclave).ok_or(create_error(OeResult(OE_FAILURE)))?;
+        let enclave = create_enclave(config)?;
         Ok(Self {
-            enclave,
+            slot: Mutex::new(EnclaveSlot {
+                enclave: Some(enclave),
+                aborted_with: OeResult(openenclave_sys::OE_ENCLAVE_ABORTED),
+                backoff: RecreateBackoff::default(),
+            }),
             config: config.clone(),
         })
     }
@@ -129,6 +113,82 @@ impl OeEnclaveSource {
     /// The configuration the enclave was created with.
     pub fn config(&self) -> &OeEnclaveConfig {
         &self.config
+    }
+
+    /// The live enclave, re-created first if it aborted and a new attempt is due.
+    fn live_enclave(&self, slot: &mut EnclaveSlot) -> Result<NonNull<oe_enclave_t>, ReadError> {
+        if let Some(enclave) = slot.enclave {
+            return Ok(enclave);
+        }
+        let now = Instant::now();
+        if !slot.backoff.due(now) {
+            return Err(ReadError::Ecall(slot.aborted_with));
+        }
+        match create_enclave(&self.config) {
+            Ok(enclave) => {
+                tracing::info!(path = %self.config.path.display(), "re-created the enclave after it aborted; its heap starts empty");
+                slot.backoff.created();
+                slot.enclave = Some(enclave);
+                Ok(enclave)
+            }
+            Err(error) => {
+                let delay = slot.backoff.creation_failed(now);
+                tracing::warn!(path = %self.config.path.display(), %error, retry_in_s = delay.as_secs(), "cannot re-create the aborted enclave");
+                Err(ReadError::Ecall(slot.aborted_with))
+            }
+        }
+    }
+}
+
+/// Creates the enclave that `config` names.
+fn create_enclave(config: &OeEnclaveConfig) -> Result<NonNull<oe_enclave_t>, OpenError> {
+    let image_error = |cause| OpenError::EnclaveImage {
+        path: config.path.clone(),
+        cause,
+    };
+    std::fs::File::open(&config.path).map_err(image_error)?;
+    let path = CString::new(config.path.as_os_str().as_bytes()).map_err(|_| {
+        image_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path contains a NUL byte",
+        ))
+    })?;
+    let mut flags = 0;
+    if config.debug {
+        flags |= OE_ENCLAVE_FLAG_DEBUG;
+    }
+    if config.simulate {
+        flags |= OE_ENCLAVE_FLAG_SIMULATE;
+    }
+    let mut enclave = ptr::null_mut();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, no settings are
+    // passed, and `enclave` is a valid out-pointer.
+    let result = unsafe {
+        oe_create_enclave_heap_enclave(
+            path.as_ptr(),
+            OE_ENCLAVE_TYPE_AUTO,
+            flags,
+            ptr::null(),
+            0,
+            &mut enclave,
+        )
+    };
+    let create_error = |result| OpenError::CreateEnclave {
+        path: config.path.clone(),
+        result,
+    };
+    OeResult::check(result).map_err(create_error)?;
+    NonNull::new(enclave).ok_or(create_error(OeResult(OE_FAILURE)))
+}
+
+/// Terminates an enclave handle from `create_enclave`, once.
+fn terminate_enclave(enclave: NonNull<oe_enclave_t>, config: &OeEnclaveConfig) {
+    // SAFETY: the handle came from oe_create_enclave, no ECALL on it is in progress (reads hold
+    // the slot's lock), and the caller drops it, so it is terminated exactly once.
+    let result = unsafe { oe_terminate_enclave(enclave.as_ptr()) };
+    if let Err(result) = OeResult::check(result) {
+        // Nothing more can be done for an enclave that will not terminate; say so once.
+        tracing::warn!(path = %config.path.display(), %result, "oe_terminate_enclave failed");
     }
 }
 
@@ -138,25 +198,42 @@ impl HeapSource for OeEnclaveSource {
     }
 
     fn read(&self) -> Result<HeapSnapshot, ReadError> {
+        // Held across the ECALL: reads of one source never overlap anyway (see
+        // `crate::coalesce`), and an abort's termination must not race another ECALL.
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let enclave = self.live_enclave(&mut slot)?;
         let mut info = oe_mallinfo_t::default();
         let mut retval: oe_result_t = OE_INVALID_PARAMETER;
-        // SAFETY: the enclave handle is live until drop; `retval` and `info` are valid
-        // out-pointers for the duration of the call.
+        // SAFETY: the enclave handle is live until it is terminated, which only happens under
+        // this lock; `retval` and `info` are valid out-pointers for the duration of the call.
         let result =
-            unsafe { enclave_heap_ecall_mallinfo(self.enclave.as_ptr(), &mut retval, &mut info) };
-        OeResult::check(result).map_err(ReadError::Ecall)?;
+            unsafe { enclave_heap_ecall_mallinfo(enclave.as_ptr(), &mut retval, &mut info) };
+        if let Err(result) = OeResult::check(result) {
+            if is_abort(result) {
+                slot.enclave = None;
+                terminate_enclave(enclave, &self.config);
+                slot.aborted_with = result;
+                let delay = slot.backoff.aborted(Instant::now());
+                tracing::error!(
+                    path = %self.config.path.display(),
+                    %result,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "the enclave aborted: terminated it; it will be re-created from its image"
+                );
+            }
+            return Err(ReadError::Ecall(result));
+        }
         OeResult::check(retval).map_err(ReadError::Mallinfo)?;
+        slot.backoff.read_succeeded();
         Ok(HeapSnapshot::from_mallinfo(&info, SnapshotOrigin::Ecall))
     }
 }
 
 impl Drop for OeEnclaveSource {
     fn drop(&mut self) {
-        // SAFETY: the handle came from oe_create_enclave and is terminated exactly once.
-        let result = unsafe { oe_terminate_enclave(self.enclave.as_ptr()) };
-        if let Err(result) = OeResult::check(result) {
-            // Nothing more can be done for an enclave that will not terminate; say so once.
-            tracing::warn!(path = %self.config.path.display(), %result, "oe_terminate_enclave failed");
+        let slot = self.slot.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(enclave) = slot.enclave.take() {
+            terminate_enclave(enclave, &self.config);
         }
     }
 }

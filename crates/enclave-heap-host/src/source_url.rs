@@ -200,9 +200,15 @@ fn parse_sim(rest: &str) -> Result<SimConfig, String> {
                     .map_err(|_| format!("seed={value:?} is not a whole number"))?;
             }
             "fail" => {
-                let result = oe_result_from_name(value).ok_or_else(|| {
+                // `OE_RESULT_<n>` names a code without a name (as newer SDKs may return), the
+                // way such codes are shown and labelled.
+                let unnamed = value
+                    .strip_prefix("OE_RESULT_")
+                    .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|digits| digits.parse::<u32>().ok());
+                let result = oe_result_from_name(value).or(unnamed).ok_or_else(|| {
                     format!(
-                        "fail={value:?} is not an OE result name; expected one of {}",
+                        "fail={value:?} is not an OE result name; expected one of {}, or OE_RESULT_<n> for a code without a name",
                         OE_RESULT_NAMES[1..].join(", ")
                     )
                 })?;
@@ -357,6 +363,12 @@ mod tests {
         assert!(error("sim:?delay=5").contains("delay: invalid duration \"5\""));
         assert!(error("sim:?fail=OE_NOPE").contains("fail=\"OE_NOPE\" is not an OE result name"));
         assert!(error("sim:?fail=OE_OK").contains("not a failure"));
+        assert!(error("sim:?fail=OE_RESULT_0").contains("not a failure"));
+        assert!(error("sim:?fail=OE_RESULT_").contains("is not an OE result name"));
+        assert!(error("sim:?fail=OE_RESULT_+1").contains("is not an OE result name"));
+        assert!(error("sim:?fail=OE_RESULT_99999999999").contains("is not an OE result name"));
+        assert_eq!(sim("sim:?fail=OE_RESULT_4242").fail, Some(4242));
+        assert_eq!(sim("sim:?fail=OE_RESULT_6").fail, Some(OE_OUT_OF_THREADS));
         assert!(error("sim:?colour=red").contains("unknown parameter \"colour\""));
         assert!(error("sim:?seed=1&seed=2").contains("\"seed\" is given twice"));
         assert!(error("sim:?seed").contains("not key=value"));

@@ -156,6 +156,7 @@ fn socket_config(path: &Path, policy: ReadPolicy) -> AgentConfig {
         }),
         tcp: None,
         policy,
+        ..AgentConfig::default()
     }
 }
 

@@ -448,3 +448,67 @@ fn a_panic_becomes_an_error_code_and_a_message() {
     assert!(pointer.is_null());
     assert!(last_error().ends_with("formatted"), "{}", last_error());
 }
+
+#[test]
+fn allowed_peer_ids_gate_the_socket_and_are_set_before_start_only() {
+    // SAFETY: NULL is a documented argument; the call only reports it.
+    let null = unsafe { enclave_heap_agent_allow_peer_uid(std::ptr::null_mut(), 0) };
+    assert_eq!(null, ENCLAVE_HEAP_ERR_NULL);
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let directory = tempfile::tempdir().unwrap();
+    let enclave = FakeEnclave::default();
+    for (allowed_uid, allowed_gid, status) in [
+        (uid.wrapping_add(4242), gid.wrapping_add(4242), 403),
+        (uid.wrapping_add(4242), gid, 200),
+        (uid, gid.wrapping_add(4242), 200),
+    ] {
+        let socket = directory.path().join("agent.sock");
+        let agent = new_agent(&socket);
+        // SAFETY: a live agent.
+        unsafe {
+            assert_eq!(
+                enclave_heap_agent_allow_peer_uid(agent, allowed_uid),
+                ENCLAVE_HEAP_OK
+            );
+            assert_eq!(
+                enclave_heap_agent_allow_peer_gid(agent, allowed_gid),
+                ENCLAVE_HEAP_OK
+            );
+        }
+        assert_eq!(add(agent, "app", &enclave), ENCLAVE_HEAP_OK);
+        assert_eq!(start(agent), ENCLAVE_HEAP_OK);
+        let (answer, body) = get(&socket, "/node/memory");
+        assert_eq!(answer, status, "{body}");
+        // SAFETY: a live agent.
+        let late = unsafe { enclave_heap_agent_allow_peer_uid(agent, uid) };
+        assert_eq!(late, ENCLAVE_HEAP_ERR_STATE);
+        free(agent);
+    }
+
+    // Allowed peers need the Unix socket only.
+    let tcp = CString::new("127.0.0.1:0").unwrap();
+    let path = CString::new(directory.path().join("both.sock").as_os_str().as_bytes()).unwrap();
+    let options = enclave_heap_agent_options {
+        socket_path: path.as_ptr(),
+        tcp_address: tcp.as_ptr(),
+        ..options_init()
+    };
+    // SAFETY: valid options whose strings outlive the call; then a live agent.
+    unsafe {
+        let agent = enclave_heap_agent_new(&options);
+        assert!(!agent.is_null(), "{}", last_error());
+        assert_eq!(
+            enclave_heap_agent_allow_peer_gid(agent, gid),
+            ENCLAVE_HEAP_OK
+        );
+        assert_eq!(add(agent, "app", &enclave), ENCLAVE_HEAP_OK);
+        assert_eq!(start(agent), ENCLAVE_HEAP_ERR_INVALID);
+        assert!(
+            last_error().contains("TCP has no peer credentials"),
+            "{}",
+            last_error()
+        );
+        free(agent);
+    }
+}
