@@ -187,6 +187,21 @@ impl Collector {
         self.slots.iter().map(|slot| (&*slot.name, slot.kind))
     }
 
+    /// Until when every source would answer from its last completed read (see
+    /// [`Coalescer::fresh_until`]); `None` if any source would read now.
+    pub fn fresh_until(&self) -> Option<std::time::Instant> {
+        self.slots
+            .iter()
+            .map(|slot| match &slot.read {
+                SlotRead::Single { coalescer, .. } => coalescer.fresh_until(),
+                SlotRead::Listing { coalescer, .. } => coalescer.fresh_until(),
+            })
+            .try_fold(None, |earliest: Option<std::time::Instant>, until| {
+                until.map(|until| Some(earliest.map_or(until, |earliest| earliest.min(until))))
+            })
+            .flatten()
+    }
+
     /// Reads every source (or reuses a fresh read) and returns the readings in configuration
     /// order: one per source, or one per enclave of a listing source.
     pub async fn collect(&self) -> Vec<SourceReading> {

@@ -24,6 +24,9 @@ pub mod tls;
 pub mod web_config;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use enclave_heap_host::OpenError;
 use tokio::net::TcpListener;
@@ -65,6 +68,56 @@ pub struct Exporter {
     collector: Collector,
     metrics: ExporterMetrics,
     telemetry_path: String,
+    bodies: BodyCache,
+}
+
+/// The longest an encoded body is reused, so the exporter's own `process_*` figures stay this
+/// fresh even with a long `--source.min-interval`.
+pub const MAX_BODY_REUSE: Duration = Duration::from_secs(1);
+
+/// The last encoded body per wire format, and until when it may be served again.
+#[derive(Debug, Default)]
+struct BodyCache {
+    entries: std::sync::Mutex<[Option<(Instant, Bytes)>; 2]>,
+}
+
+impl BodyCache {
+    fn slot(format: Format) -> usize {
+        match format {
+            Format::Text => 0,
+            Format::OpenMetrics => 1,
+        }
+    }
+
+    fn get(&self, format: Format, now: Instant) -> Option<Bytes> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &entries[Self::slot(format)] {
+            Some((until, body)) if now < *until => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    /// The last body's size, so the next encoding allocates once.
+    fn capacity_hint(&self, format: Format) -> usize {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries[Self::slot(format)]
+            .as_ref()
+            .map_or(4096, |(_, body)| body.len() + 256)
+    }
+
+    fn put(&self, format: Format, until: Instant, body: Bytes) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries[Self::slot(format)] = Some((until, body));
+    }
 }
 
 impl Exporter {
@@ -81,6 +134,7 @@ impl Exporter {
             collector,
             metrics,
             telemetry_path: telemetry_path.into(),
+            bodies: BodyCache::default(),
         })
     }
 
@@ -117,11 +171,28 @@ impl Exporter {
     }
 
     /// Reads every source and encodes one scrape in `format`.
-    pub async fn render(&self, format: Format) -> Result<Vec<u8>, prometheus::Error> {
+    ///
+    /// While every source would answer from its last read anyway (within
+    /// `--source.min-interval`), the encoded body is reused as is, for at most
+    /// [`MAX_BODY_REUSE`]: a scrape storm then costs a reference count per request, not a
+    /// collection and an encoding.
+    pub async fn render(&self, format: Format) -> Result<Bytes, prometheus::Error> {
+        let now = Instant::now();
+        if let Some(body) = self.bodies.get(format, now) {
+            return Ok(body);
+        }
         let readings = self.collector.collect().await;
         let families = self.metrics.families(&readings);
-        let mut body = Vec::with_capacity(4096);
+        let mut body = Vec::with_capacity(self.bodies.capacity_hint(format));
         exposition::encode(&families, format, &mut body)?;
+        let body = Bytes::from(body);
+        if let Some(until) = self.collector.fresh_until() {
+            self.bodies.put(
+                format,
+                until.min(Instant::now() + MAX_BODY_REUSE),
+                body.clone(),
+            );
+        }
         Ok(body)
     }
 

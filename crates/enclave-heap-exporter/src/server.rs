@@ -135,7 +135,7 @@ async fn route(exporter: &Exporter, request: Request<Incoming>) -> Response<Full
         let format = Format::negotiate(accept);
         match exporter.render(format).await {
             Ok(body) => {
-                let mut response = Response::new(Full::new(Bytes::from(body)));
+                let mut response = Response::new(Full::new(body));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(format.content_type()),

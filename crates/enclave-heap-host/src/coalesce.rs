@@ -118,6 +118,18 @@ impl<T: Clone + Send + Sync + 'static> Coalescer<T> {
         self.policy
     }
 
+    /// Until when [`begin`](Self::begin) would reuse the last completed read instead of starting
+    /// one: `None` when a read is in flight or due now. Lets a caller cache what it derived from
+    /// that read for exactly as long as the read itself stays current.
+    pub fn fresh_until(&self) -> Option<Instant> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.in_flight.is_some() {
+            return None;
+        }
+        let until = state.last.as_ref()?.started + self.policy.min_interval;
+        (until > Instant::now()).then_some(until)
+    }
+
     /// Joins the read in flight, reuses a recent one, or starts `read` on its own task (which
     /// needs a tokio runtime). `finished` is called once when a started read completes.
     pub fn begin<F, Fut>(
