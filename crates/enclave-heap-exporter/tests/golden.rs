@@ -40,7 +40,7 @@ async fn scrape(format: Format) -> String {
     )
     .unwrap();
     let body = exporter.render(format).await.unwrap();
-    normalise(&String::from_utf8(body.to_vec()).unwrap())
+    normalise(std::str::from_utf8(&body).unwrap())
 }
 
 fn normalise(exposition: &str) -> String {
