@@ -159,7 +159,12 @@ pub fn request(
     stream.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
-    let text = String::from_utf8(raw).expect("UTF-8 response");
+    parse_response(&raw)
+}
+
+/// Splits a raw HTTP/1.1 response (read to the end) into status, headers and body.
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let text = std::str::from_utf8(raw).expect("UTF-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
     let mut lines = head.lines();
     let status = lines

@@ -240,22 +240,15 @@ impl HttpsResponse {
 }
 
 fn parse_response(raw: &[u8]) -> HttpsResponse {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-        .collect();
+    let crate::support::HttpResponse {
+        status,
+        headers,
+        body,
+    } = crate::support::parse_response(raw);
     HttpsResponse {
         status,
         headers,
-        body: body.to_owned(),
+        body,
         server_certificate: None,
         version: None,
         alpn: None,
